@@ -1,0 +1,122 @@
+"""Checkpoints: safetensors only, written atomically, with the run spec and provenance in the metadata.
+
+Tensor prefixes (see docs/checkpoints.md):
+  backbone.*   backbone weights with torchvision key names (readable with `safetensors` alone)
+  method.*     everything else of the method module: heads, momentum encoders, the MoCo queue
+  optim.*      optimiser state (momentum buffers, Adam moments), by parameter index
+  rng.*        random-number-generator states
+  probe.*      a linear probe's classifier
+Metadata values are strings; structured ones are JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import UserError
+
+FORMAT = "contrastive-checkpoint"
+FORMAT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+    from . import __version__
+    return {"contrastive": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write tensors + metadata to `path` atomically: a temp file in the same folder, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "versions": json.dumps(versions())}
+    header.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a checkpoint is an ordinary output
+    try:
+        save_file(tensors, tmp, metadata=header)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def resolve_path(path: Path) -> Path:
+    """Accept a checkpoint file or a run directory holding one."""
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / CHECKPOINT_NAME
+        if not candidate.exists():
+            raise UserError(f"The folder {path} holds no {CHECKPOINT_NAME}",
+                            "pass a .safetensors checkpoint written by `contrastive pretrain` or its run directory")
+        return candidate
+    if not path.exists():
+        raise UserError(f"Checkpoint {path} does not exist",
+                        "pass a .safetensors checkpoint written by `contrastive pretrain` or its run directory")
+    return path
+
+
+def read_meta(path: Path, kinds: tuple[str, ...] = ("pretrain",)) -> dict[str, Any]:
+    """Metadata of a checkpoint, JSON values decoded; clear errors for anything that is not ours."""
+    path = resolve_path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise UserError(f"{path} is not a readable safetensors file ({err}); it may be truncated or of another format",
+                        "pass a .safetensors checkpoint written by `contrastive pretrain`; nothing else is loaded, "
+                        "and pickled files (.pt, .pth, .ckpt) never are") from None
+    if raw.get("format") != FORMAT:
+        raise UserError(f"{path} is a safetensors file but not a contrastive checkpoint (no '{FORMAT}' metadata)",
+                        "pass a checkpoint written by `contrastive pretrain`")
+    if int(raw.get("format_version", 0)) > FORMAT_VERSION:
+        raise UserError(f"{path} has checkpoint format {raw['format_version']}, newer than this version reads "
+                        f"({FORMAT_VERSION})", "upgrade contrastive")
+    meta = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    if meta.get("kind") not in kinds:
+        raise UserError(f"{path} is a {meta.get('kind')} checkpoint, but this command needs a "
+                        f"{' or '.join(kinds)} checkpoint", "pass the checkpoint written by `contrastive pretrain`")
+    meta["path"] = str(path)
+    return meta
+
+
+def load(path: Path, kinds: tuple[str, ...] = ("pretrain",), prefix: str = "") -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors whose names start with `prefix`, metadata) of a checkpoint; never unpickles."""
+    meta = read_meta(path, kinds)
+    try:
+        with safe_open(meta["path"], framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise UserError(f"{meta['path']} could not be read ({err}); it may be truncated",
+                        "use an intact checkpoint (the run directory's checkpoint.safetensors is replaced atomically)") from None
+    return tensors, meta
+
+
+def strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,193 @@
+"""The `contrastive` command line: thin commands that build a spec and dispatch onto the engine."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+from .errors import UserError
+from .flags import load_config, merge, spec_command
+from .spec import KnnSpec, LinearProbeSpec, PretrainSpec
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Self-supervised representation learning for images: pretrain → evaluate → export.")
+console = Console()
+errors = Console(stderr=True)
+
+
+def version_callback(value: bool):
+    if value:
+        console.print(f"contrastive {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Optional[bool] = typer.Option(None, "--version", callback=version_callback, is_eager=True,
+                                                help="Show the version and exit.")):
+    pass
+
+
+def user_errors(fn):
+    """Turn UserError into one readable paragraph on stderr and a non-zero exit, never a traceback."""
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            code = getattr(err, "exit_code", 2)
+            style = "yellow" if code == 130 else "red"
+            title = "Stopped" if code in (3, 130) else "Error"
+            errors.print(Panel(str(err), title=title, border_style=style, title_align="left"))
+            raise typer.Exit(code) from None
+    return wrapper
+
+
+CONFIG = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                           default=typer.Option(None, "--config", "-c", help="YAML or JSON run spec; flags override it."))
+PRINT_SPEC = inspect.Parameter("print_spec", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                               default=typer.Option(False, "--print-spec", help="Print the resolved spec and exit."))
+JSON = inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                         default=typer.Option(False, "--json", help="Print machine-readable results."))
+CHECKPOINT = inspect.Parameter("checkpoint", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path,
+                               default=typer.Argument(..., help="Pretraining checkpoint (.safetensors) or its run directory.",
+                                                      show_default=False))
+RESUME = inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                           default=typer.Option(None, "--resume", help=(
+                               "Continue a run exactly where it stopped: its run directory or checkpoint.")))
+
+
+# ---- pretrain -----------------------------------------------------------------------------------
+
+
+class TrainProgress:
+    """Rich progress bar with loss, lr, images/s and ETA."""
+
+    def __init__(self, total: int, start: int):
+        self.bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.4g}  "
+                                       "{task.fields[ips]:.0f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+                            console=console, transient=False)
+        self.task = self.bar.add_task("train", total=total, completed=start, epoch=0, loss=0.0, lr=0.0, ips=0.0)
+
+    def __call__(self, run, record, images_per_s):
+        self.bar.update(self.task, completed=record["step"], epoch=record["epoch"] + 1, loss=record["loss"],
+                        lr=record["lr"], ips=images_per_s)
+
+
+@user_errors
+def run_pretrain(given, config=None, print_spec=False, resume=None):
+    from .train import prepare, train
+    spec = merge(PretrainSpec, load_config(config), given)
+    if resume is not None:
+        not_runtime = [f.flag for f in given if f.path[0] != "runtime"]
+        if not_runtime or config is not None:
+            raise UserError(f"--resume continues a run with the spec it was started with, so "
+                            f"{', '.join(not_runtime) or '--config'} cannot be changed",
+                            "drop those flags (only --device, --workers and --amp may change on resume)")
+    run = prepare(spec, resume)
+    if print_spec:
+        console.print_json(data=run.spec.model_dump(mode="json"))
+        return
+    s = run.spec
+    console.print(f"[bold]{s.method.name}[/] · {s.backbone.name} ({run.method.feature_dim}-d) · "
+                  f"{run.data.name} ({len(run.data)} images, {s.data.image_size} px) · batch {s.optim.batch_size} · "
+                  f"{s.optim.epochs} epochs · {run.device} → {run.dir}")
+    if run.step:
+        console.print(f"resuming at step {run.step} of {run.total_steps}")
+    progress = TrainProgress(run.total_steps, run.step)
+    with progress.bar:
+        stats = train(run, progress)
+    skipped = f", {len(run.data.skipped)} unreadable files skipped" if run.data.skipped else ""
+    console.print(f"done: loss {stats.get('loss', float('nan')):.4f}, {stats.get('images_per_s', 0):.0f} img/s"
+                  f"{skipped} → {run.checkpoint_path}")
+
+
+spec_command(app, "pretrain", PretrainSpec, run_pretrain, extra=[CONFIG, PRINT_SPEC, RESUME], help=(
+    "Pretrain an encoder with a self-supervised method. Writes checkpoint.safetensors, spec.json and "
+    "metrics.jsonl into the run directory. Values marked 'recipe' come from the method's paper recipe."))
+
+
+# ---- evaluation -----------------------------------------------------------------------------------
+
+
+def eval_spec(model, given, config, checkpoint, print_spec):
+    data = load_config(config)
+    data["checkpoint"] = str(checkpoint)
+    spec = merge(model, data, given)
+    if print_spec:
+        console.print_json(data=spec.model_dump(mode="json"))
+    return spec
+
+
+@user_errors
+def run_knn(given, checkpoint, config=None, print_spec=False, as_json=False):
+    from .evaluate import knn_eval
+    spec = eval_spec(KnnSpec, given, config, checkpoint, print_spec)
+    if print_spec:
+        return
+    with console.status("computing features and neighbours"):
+        result = knn_eval(spec)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"weighted kNN · {result['data']} · bank {result['bank']} · queries {result['queries']} · "
+                        f"T={result['temperature']}")
+    for col in ("k", "top-1 %", "top-5 %"):
+        table.add_column(col, justify="right")
+    for r in result["results"]:
+        table.add_row(str(r["k"]), f"{r['top1']:.2f}", f"{r['top5']:.2f}")
+    console.print(table)
+
+
+spec_command(app, "knn-eval", KnnSpec, run_knn, extra=[CHECKPOINT, CONFIG, PRINT_SPEC, JSON],
+             skip=("kind", "checkpoint"), help=(
+                 "Weighted kNN accuracy of frozen backbone features (InstDisc): the train split is the bank, "
+                 "the test split the queries, votes are weighted by exp(cosine / T)."))
+
+
+@user_errors
+def run_probe(given, checkpoint, config=None, print_spec=False, as_json=False):
+    from .evaluate import linear_probe
+    spec = eval_spec(LinearProbeSpec, given, config, checkpoint, print_spec)
+    if print_spec:
+        return
+    bar = Progress(TextColumn("[bold]linear probe"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                   console=console, disable=as_json)
+    task = bar.add_task("probe", total=spec.optim.epochs, loss=0.0)
+    with bar:
+        result = linear_probe(spec, progress=lambda done, total, loss: bar.update(task, completed=done, loss=loss))
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"linear probe · {result['data']} · {result['epochs']} epochs · lr {result['lr']:g}"
+                        + (" · cached features" if result["cached"] else ""))
+    for col in ("top-1 %", "top-5 %", "probe"):
+        table.add_column(col)
+    table.add_row(f"{result['top1']:.2f}", f"{result['top5']:.2f}", result["probe"])
+    console.print(table)
+
+
+spec_command(app, "linear-probe", LinearProbeSpec, run_probe, extra=[CHECKPOINT, CONFIG, PRINT_SPEC, JSON],
+             skip=("kind", "checkpoint"), help=(
+                 "Linear classifier on the frozen backbone (eval mode, BN statistics frozen), MoCo's protocol by "
+                 "default: SGD momentum 0.9, lr 30, no weight decay, x0.1 at 60% and 80% of the epochs."))
+
+
+def entrypoint():
+    app()
+
+
+if __name__ == "__main__":
+    entrypoint()

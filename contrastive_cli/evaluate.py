@@ -1,0 +1,172 @@
+"""Frozen-backbone evaluations: weighted kNN (InstDisc) and the linear probe (MoCo protocol)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint as ckpt
+from .augment import center_view, crop_flip_view
+from .data import ImageSet, open_dataset
+from .errors import UserError
+from .models import build_backbone
+from .spec import EvalDataSpec, KnnSpec, LinearProbeSpec
+from .train import default_workers, pick_device
+
+
+def load_encoder(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
+    """The checkpoint's backbone in eval mode with frozen weights, and the checkpoint's metadata."""
+    tensors, meta = ckpt.load(path, kinds=("pretrain",), prefix="backbone.")
+    if not tensors:
+        raise UserError(f"{meta['path']} holds no backbone weights (no 'backbone.*' tensors)",
+                        "pass a checkpoint written by `contrastive pretrain`")
+    info = meta["backbone"]
+    backbone, _ = build_backbone(info["name"], **info["kwargs"])
+    backbone.load_state_dict(ckpt.strip(tensors, "backbone."), strict=True)
+    backbone.eval().requires_grad_(False)
+    return backbone.to(device), meta
+
+
+def open_labeled(spec: EvalDataSpec, meta: dict, split: str, seed: int) -> ImageSet:
+    """The evaluation split; the pretraining data by default. Evaluations need labels."""
+    pre = meta["spec"]["data"]
+    source = spec.source or pre["source"]
+    root = spec.root or (pre["root"] if spec.source is None else None)
+    subset = spec.subset if split == "train" else spec.test_subset
+    data = open_dataset(source, split, root=root, download=spec.download, strict=spec.strict, subset=subset,
+                        seed=seed, image_size=meta["image_size"])
+    if data.labels is None:
+        raise UserError(f"The dataset {source} has no labels ({split} split), and evaluation needs them",
+                        "pass --data with a labeled dataset: a folder of class subfolders, an ImageNet-style "
+                        "root with train/ and val/, or a named dataset such as cifar10")
+    return data
+
+
+@torch.no_grad()
+def extract(backbone: nn.Module, data: ImageSet, meta: dict, device: torch.device, batch_size: int,
+            workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled backbone features of the centre view of every image, on the CPU, with their labels."""
+    norm, size = meta["normalize"], meta["image_size"]
+    feats, labels = [], []
+    for x, y, _ in data.batches(torch.arange(len(data)), batch_size, workers=workers):
+        view = center_view(x.to(device, non_blocking=True), size, norm["mean"], norm["std"])
+        feats.append(backbone(view).float().cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def weighted_knn(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
+                 ks: list[int], temperature: float, num_classes: int, chunk: int = 1024) -> dict[int, dict]:
+    """InstDisc's weighted kNN: cosine similarity, top-k neighbours vote for their class with weight exp(s/T).
+
+    Returns {k: {"top1": %, "top5": %}}; top-5 ranks classes by the same summed votes.
+    """
+    bank, queries = F.normalize(bank, dim=1), F.normalize(queries, dim=1)
+    kmax = min(max(ks), len(bank))
+    hits = {k: torch.zeros(2) for k in ks}
+    for start in range(0, len(queries), chunk):
+        q, y = queries[start:start + chunk], query_labels[start:start + chunk]
+        sim, idx = (q @ bank.T).topk(kmax, dim=1)
+        neighbour_labels = bank_labels[idx]
+        for k in ks:
+            k_ = min(k, kmax)
+            votes = torch.zeros(len(q), num_classes).scatter_add_(1, neighbour_labels[:, :k_],
+                                                                  (sim[:, :k_] / temperature).exp())
+            ranked = votes.topk(min(5, num_classes), dim=1).indices
+            hits[k][0] += (ranked[:, 0] == y).sum()
+            hits[k][1] += (ranked == y[:, None]).any(dim=1).sum()
+    return {k: {"top1": 100 * h[0].item() / len(queries), "top5": 100 * h[1].item() / len(queries)}
+            for k, h in hits.items()}
+
+
+def num_classes(*sets: ImageSet) -> int:
+    return max(len(s.classes or []) for s in sets) or int(max(int(s.labels.max()) for s in sets) + 1)
+
+
+def knn_eval(spec: KnnSpec) -> dict:
+    device = pick_device(spec.runtime.device)
+    backbone, meta = load_encoder(spec.checkpoint, device)
+    bank_set = open_labeled(spec.data, meta, "train", spec.runtime.seed)
+    test_set = open_labeled(spec.data, meta, "test", spec.runtime.seed)
+    workers = default_workers(spec.runtime.workers)
+    t0 = time.perf_counter()
+    bank, bank_labels = extract(backbone, bank_set, meta, device, spec.runtime.batch_size, workers)
+    queries, labels = extract(backbone, test_set, meta, device, spec.runtime.batch_size, workers)
+    results = weighted_knn(bank, bank_labels, queries, labels, spec.k, spec.temperature,
+                           num_classes(bank_set, test_set))
+    return {"checkpoint": meta["path"], "data": bank_set.name.rsplit(":", 1)[0], "bank": len(bank_set),
+            "queries": len(test_set), "temperature": spec.temperature, "feature_dim": bank.shape[1],
+            "seconds": round(time.perf_counter() - t0, 2),
+            "results": [{"k": k, **v} for k, v in results.items()]}
+
+
+# ---- linear probe -------------------------------------------------------------------------------
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    return {"top1": 100 * (ranked[:, 0] == labels).float().mean().item(),
+            "top5": 100 * (ranked == labels[:, None]).any(dim=1).float().mean().item()}
+
+
+def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
+    """Linear classifier on frozen features (MoCo: SGD momentum 0.9, lr 30, wd 0, x0.1 at 60%/80% of epochs)."""
+    from .train import lr_factor
+    device = pick_device(spec.runtime.device)
+    backbone, meta = load_encoder(spec.checkpoint, device)
+    train_set = open_labeled(spec.data, meta, "train", spec.runtime.seed)
+    test_set = open_labeled(spec.data, meta, "test", spec.runtime.seed)
+    classes, workers, o = num_classes(train_set, test_set), default_workers(spec.runtime.workers), spec.optim
+    torch.manual_seed(spec.runtime.seed)
+    classifier = nn.Linear(meta["feature_dim"], classes).to(device)
+    nn.init.normal_(classifier.weight, std=0.01)
+    nn.init.zeros_(classifier.bias)
+    base_lr = o.lr * o.batch_size / 256
+    opt_cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.SGD
+    kwargs = {"betas": (o.optimizer_momentum, 0.999)} if o.optimizer == "adamw" else {"momentum": o.optimizer_momentum}
+    optimizer = opt_cls(classifier.parameters(), lr=base_lr, weight_decay=o.weight_decay, **kwargs)
+    norm, size = meta["normalize"], meta["image_size"]
+    train_view = crop_flip_view(spec.crop_scale, size, norm["mean"], norm["std"])
+    cached = extract(backbone, train_set, meta, device, spec.runtime.batch_size, workers) if spec.cached else None
+    steps_per_epoch = max(1, len(train_set) // o.batch_size)
+    total, warmup = o.epochs * steps_per_epoch, round((o.warmup_epochs or 0) * steps_per_epoch)
+    generator, step, t0 = torch.Generator(device=device), 0, time.perf_counter()
+    for epoch in range(o.epochs):
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(spec.runtime.seed + epoch))
+        if cached is not None:
+            batches = ((cached[0][i], cached[1][i]) for i in order[:steps_per_epoch * o.batch_size].split(o.batch_size))
+        else:
+            batches = ((x, y) for x, y, _ in train_set.batches(order, o.batch_size, workers=workers, drop_last=True))
+        for x, y in batches:
+            x, y = x.to(device, non_blocking=True), y.to(device)
+            if cached is None:
+                generator.manual_seed(spec.runtime.seed * 1_000_003 + step)
+                with torch.no_grad():
+                    x = backbone(train_view(x, generator))
+            for g in optimizer.param_groups:
+                g["lr"] = base_lr * lr_factor(step, total, warmup, o.schedule, o.milestones)
+            loss = F.cross_entropy(classifier(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+        if progress is not None:
+            progress(epoch + 1, o.epochs, loss.item())
+    with torch.no_grad():
+        test_feats, test_labels = extract(backbone, test_set, meta, device, spec.runtime.batch_size, workers)
+        test_acc = accuracy(classifier(test_feats.to(device)).cpu(), test_labels)
+    result = {"checkpoint": meta["path"], "data": train_set.name.rsplit(":", 1)[0], "train_images": len(train_set),
+              "test_images": len(test_set), "epochs": o.epochs, "lr": o.lr, "cached": spec.cached,
+              "final_loss": loss.item(), "seconds": round(time.perf_counter() - t0, 2), **test_acc}
+    out = spec.out or Path(meta["path"]).with_name(Path(meta["path"]).stem + ".probe.safetensors")
+    ckpt.save(out, {"probe.weight": classifier.weight, "probe.bias": classifier.bias},
+              {"kind": "linear-probe", "spec": spec.model_dump(mode="json"), "results": result,
+               "source_checkpoint": meta["path"], "classes": train_set.classes or list(range(classes)),
+               "feature_dim": meta["feature_dim"]})
+    result["probe"] = str(out)
+    return result

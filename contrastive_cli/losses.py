@@ -1,0 +1,58 @@
+"""Losses as plain functions/modules, each a direct transcription of its formula.
+
+`gather` switches to features from all processes under torch.distributed (identity otherwise), so
+in-batch negatives grow with the global batch as in the papers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate x across processes, keeping gradients for the local slice."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return x
+    from torch.distributed.nn.functional import all_gather
+    return torch.cat(all_gather(x), dim=0)
+
+
+def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negative_keys: torch.Tensor,
+             temperature: float) -> torch.Tensor:
+    """MoCo's (K+1)-way softmax: logits [q·k+, q·queue] / T, cross-entropy with the positive at index 0.
+
+    Inputs are L2-normalised; negative_keys is [K, d]. Gradients flow only through `query`.
+    """
+    positive = (query * positive_key).sum(dim=1, keepdim=True)
+    negative = query @ negative_keys.T
+    logits = torch.cat([positive, negative], dim=1) / temperature
+    target = torch.zeros(len(query), dtype=torch.long, device=query.device)
+    return F.cross_entropy(logits, target)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, distributed: bool = False) -> torch.Tensor:
+    """SimCLR's NT-Xent: each of the 2N views has its other view as positive and 2N-2 negatives.
+
+    Cosine similarities / T with self-similarity masked out; mean over the 2N anchors (the paper's
+    form; the TF code sums the two directions, i.e. twice this value).
+    """
+    z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    if distributed:
+        z1, z2 = gather(z1), gather(z2)
+    z = torch.cat([z1, z2], dim=0)
+    n = len(z1)
+    logits = z @ z.T / temperature
+    logits.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, target)
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam's D(p, z) = -cos(p, stopgrad(z)), averaged over the batch."""
+    return -F.cosine_similarity(p, z.detach(), dim=1).mean()
+
+
+def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL's ||p̂ - ẑ'||² = 2 - 2 cos(p, stopgrad(z')), averaged over the batch."""
+    return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=1)).mean()

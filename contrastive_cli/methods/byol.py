@@ -1,0 +1,48 @@
+"""BYOL (Grill et al. 2020): an online network with a predictor regresses the projection of the other view made
+by an EMA target network; no negatives. Batch norm in the MLPs and the stop-gradient on the target matter."""
+
+import torch
+
+from ..losses import normalized_mse
+from ..models import Layer, mlp
+from .base import Method, cosine_momentum, momentum_copy
+
+
+def byol_mlp(in_dim: int, hidden: int, out: int):
+    # deepmind-research byol: Linear(bias) → BN → ReLU → Linear(no bias), for projector and predictor alike
+    return mlp(in_dim, [Layer(hidden, True, "bn", True), Layer(out, False)])
+
+
+class BYOL(Method):
+    name = "byol"
+
+    @staticmethod
+    def recipe(small: bool) -> dict:
+        # Paper: LARS, base lr 0.45 (<=100 epochs), wd 1e-6, warm-up 10 epochs + cosine, tau_base 0.99.
+        # Here plain SGD, which needs the usual small-batch SGD lr and weight decay.
+        optim = {"optimizer": "sgd", "lr": 0.2, "weight_decay": 1e-5 if small else 1.5e-6, "warmup_epochs": 10,
+                 "schedule": "cosine", "exclude_bias_norm_wd": True}
+        method = {"momentum": 0.99}
+        augment = {"crop_scale": (0.08, 1.0), "jitter_p": 0.8, "jitter": (0.4, 0.4, 0.2, 0.1),
+                   "jitter_random_order": True, "gray_p": 0.2, "blur_p": (1.0, 0.1), "solarize_p": (0.0, 0.2)}
+        return {"optim": optim, "method": method, "augment": augment}
+
+    def __init__(self, spec, backbone, feature_dim):
+        super().__init__(spec, backbone, feature_dim)
+        self.projector = byol_mlp(feature_dim, spec.proj_hidden_dim, spec.proj_dim)
+        self.predictor = byol_mlp(spec.proj_dim, spec.pred_hidden_dim, spec.proj_dim)
+        self.target_backbone = momentum_copy(backbone)
+        self.target_projector = momentum_copy(self.projector)
+
+    def momentum_pairs(self):
+        return [(self.backbone, self.target_backbone), (self.projector, self.target_projector)]
+
+    def momentum(self, progress):
+        return cosine_momentum(self.spec.momentum, progress)
+
+    def forward(self, views):
+        p1, p2 = (self.predictor(self.projector(self.backbone(x))) for x in views)
+        with torch.no_grad():
+            t1, t2 = (self.target_projector(self.target_backbone(x)) for x in views)
+        # the sum of both view orders, each averaged over the batch
+        return {"loss": normalized_mse(p1, t2) + normalized_mse(p2, t1)}

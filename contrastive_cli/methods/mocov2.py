@@ -1,0 +1,57 @@
+"""MoCo v2 (He et al. 2020; Chen et al. 2020): a query encoder trained with InfoNCE against the key of the
+other view, produced by a momentum encoder, and a FIFO queue of past keys as negatives."""
+
+import torch
+import torch.nn.functional as F
+
+from ..losses import info_nce
+from ..models import Layer, mlp
+from .base import KeyQueue, Method, momentum_copy
+
+
+class MoCoV2(Method):
+    name = "mocov2"
+
+    @staticmethod
+    def recipe(small: bool) -> dict:
+        # ImageNet: official code with --mlp --moco-t 0.2 --aug-plus --cos; small images: the CIFAR demo.
+        optim = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 5e-4 if small else 1e-4,
+                 "warmup_epochs": 0, "schedule": "cosine", "exclude_bias_norm_wd": False}
+        method = {"temperature": 0.1 if small else 0.2, "queue_size": 4096 if small else 65536,
+                  "momentum": 0.99 if small else 0.999}
+        augment = {"crop_scale": (0.08, 1.0) if small else (0.2, 1.0), "jitter_p": 0.8,
+                   "jitter": (0.4, 0.4, 0.4, 0.1), "jitter_random_order": True, "gray_p": 0.2,
+                   "blur_p": (0.5, 0.5), "solarize_p": (0.0, 0.0)}
+        return {"optim": optim, "method": method, "augment": augment}
+
+    def __init__(self, spec, backbone, feature_dim):
+        super().__init__(spec, backbone, feature_dim)
+        # v2's head: 2-layer MLP with no batch norm
+        self.projector = mlp(feature_dim, [Layer(spec.proj_hidden_dim, relu=True), Layer(spec.proj_dim)])
+        self.momentum_backbone = momentum_copy(backbone)
+        self.momentum_projector = momentum_copy(self.projector)
+        self.queue = KeyQueue(spec.queue_size, spec.proj_dim)
+
+    def momentum_pairs(self):
+        return [(self.backbone, self.momentum_backbone), (self.projector, self.momentum_projector)]
+
+    def query(self, x):
+        return F.normalize(self.projector(self.backbone(x)), dim=1)
+
+    @torch.no_grad()
+    def key(self, x):
+        return F.normalize(self.momentum_projector(self.momentum_backbone(x)), dim=1)
+
+    def forward(self, views):
+        x1, x2 = views
+        negatives = self.queue.keys.clone().detach()
+        k2 = self.key(x2)
+        loss = info_nce(self.query(x1), k2, negatives, self.spec.temperature)
+        keys = [k2]
+        if self.spec.symmetric:  # the CIFAR demo's symmetrised loss, worth about 2x the epochs
+            k1 = self.key(x1)
+            loss = loss + info_nce(self.query(x2), k1, negatives, self.spec.temperature)
+            keys.append(k1)
+        for k in keys:
+            self.queue.push(k)
+        return {"loss": loss}

@@ -1,0 +1,37 @@
+"""SimSiam (Chen & He 2021): a predictor on one branch, stop-gradient on the other; no negatives, no momentum."""
+
+from ..losses import negative_cosine
+from ..models import Layer, mlp
+from .base import Method
+
+
+class SimSiam(Method):
+    name = "simsiam"
+
+    @staticmethod
+    def recipe(small: bool) -> dict:
+        # Official code: SGD lr 0.05 x B/256, wd 1e-4, cosine, no warm-up, MoCo v2 augmentation.
+        # CIFAR (paper appendix): lr 0.03 x B/256, wd 5e-4, 2-layer projector.
+        optim = {"optimizer": "sgd", "lr": 0.03 if small else 0.05, "weight_decay": 5e-4 if small else 1e-4,
+                 "warmup_epochs": 0, "schedule": "cosine", "exclude_bias_norm_wd": False}
+        augment = {"crop_scale": (0.2, 1.0), "jitter_p": 0.8, "jitter": (0.4, 0.4, 0.4, 0.1),
+                   "jitter_random_order": True, "gray_p": 0.2, "blur_p": (0.5, 0.5), "solarize_p": (0.0, 0.0)}
+        return {"optim": optim, "method": {"proj_layers": 2 if small else 3}, "augment": augment}
+
+    def __init__(self, spec, backbone, feature_dim):
+        super().__init__(spec, backbone, feature_dim)
+        hidden = [Layer(spec.proj_hidden_dim, False, "bn", True)] * (spec.proj_layers - 1)
+        # The last Linear has no bias: BN(affine=False) right after it would cancel one (the official code
+        # freezes that bias for the same reason).
+        self.projector = mlp(feature_dim, hidden + [Layer(spec.proj_dim, False, "bn-noaffine")])
+        self.predictor = mlp(spec.proj_dim, [Layer(spec.pred_hidden_dim, False, "bn", True), Layer(spec.proj_dim)])
+
+    def parameter_groups(self):
+        encoder = [p for n, p in self.named_parameters() if not n.startswith("predictor.")]
+        return [{"params": encoder},
+                {"params": list(self.predictor.parameters()), "fixed_lr": self.spec.fix_pred_lr}]
+
+    def forward(self, views):
+        z1, z2 = (self.projector(self.backbone(x)) for x in views)
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        return {"loss": 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1))}

@@ -1,0 +1,129 @@
+"""The embedded 'synthetic' dataset: ten classes of shapes, 32x32 RGB, generated on the fly.
+
+Each image is one shape of a random colour, position, scale and small rotation over a random
+background (colour + brightness gradient + noise). Only the shape says the class: colours,
+position and scale are independent of it, so raw pixels are a weak cue (a raw-pixel kNN gets
+well below 100%) while an encoder trained with colour jitter and crops can learn the shapes.
+
+Generation is vectorised torch on the CPU (about a second for both splits) and deterministic:
+each split has its own fixed seed, so the data is the same on every machine and for every run.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+CLASSES = ("disk", "square", "triangle", "ring", "plus", "cross", "diamond",
+           "horizontal-stripes", "vertical-stripes", "star")
+SIZE = 32
+SPLITS = {"train": (5000, 20240601), "test": (1000, 20240602)}  # split -> (image count, fixed seed)
+SUPERSAMPLE = 2  # shapes are drawn at 2x and averaged down, so edges are anti-aliased
+MAX_ROTATION = math.pi / 12  # +-15 degrees: small enough that plus/cross and the stripes stay distinct
+RADIUS = (7.0, 13.0)  # pixels: from under half to most of the image
+POSITION_SPREAD = 0.4  # fraction of the free room the centre may move into
+MIN_COLOUR_DISTANCE = 0.6  # shape vs background colour (RGB in [0, 1]) so every shape is visible
+
+# Per-channel statistics of the train split, measured once with `channel_stats(*generate("train"))`.
+MEAN = (0.5028, 0.5016, 0.4995)
+STD = (0.2866, 0.2923, 0.2919)
+
+
+def _stripes(t: torch.Tensor) -> torch.Tensor:
+    return torch.cos(t * (2 * math.pi / 0.6)) > 0  # three stripes across a unit-radius square
+
+
+def _star(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    angle = torch.atan2(u, -v)  # 0 points up, so the star is symmetric under a horizontal flip
+    phase = torch.remainder(angle * (5 / (2 * math.pi)), 1.0)
+    between_points = 2 * torch.minimum(phase, 1 - phase)  # 0 at a point, 1 half-way to the next
+    return u.hypot(v) <= 1.0 - 0.55 * between_points
+
+
+def _plus(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return ((u.abs() <= 0.28) & (v.abs() <= 0.95)) | ((v.abs() <= 0.28) & (u.abs() <= 0.95))
+
+
+# Shape masks in shape coordinates (u right, v down, radius ~1), in the order of CLASSES.
+SHAPES = (
+    lambda u, v: u.hypot(v) <= 0.9,
+    lambda u, v: torch.maximum(u.abs(), v.abs()) <= 0.8,
+    lambda u, v: (v <= 0.75) & (u.abs() <= (v + 0.9) * (0.95 / 1.65)),  # pointing up
+    lambda u, v: (u.hypot(v) <= 1.0) & (u.hypot(v) >= 0.6),
+    _plus,
+    lambda u, v: _plus((u + v) / math.sqrt(2), (u - v) / math.sqrt(2)),
+    lambda u, v: u.abs() + v.abs() <= 1.05,
+    lambda u, v: (torch.maximum(u.abs(), v.abs()) <= 0.9) & _stripes(v),
+    lambda u, v: (torch.maximum(u.abs(), v.abs()) <= 0.9) & _stripes(u),
+    _star,
+)
+
+
+def _distinct_colours(count: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Background and shape colours [N, 3], redrawing shape colours too close to the background."""
+    background, shape = torch.rand(count, 3, generator=gen), torch.rand(count, 3, generator=gen)
+    for _ in range(20):  # each round fixes most of the rest; a fixed count keeps it deterministic
+        close = (shape - background).norm(dim=1) < MIN_COLOUR_DISTANCE
+        if not close.any():
+            break
+        shape[close] = torch.rand(int(close.sum()), 3, generator=gen)
+    close = (shape - background).norm(dim=1) < MIN_COLOUR_DISTANCE
+    shape[close] = 1 - background[close].round()  # the opposite corner of the cube is always far
+    return background, shape
+
+
+def _alpha(labels: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor, angle: torch.Tensor
+           ) -> torch.Tensor:
+    """Anti-aliased shape coverage [N, 1, S, S] in [0, 1]."""
+    fine = SIZE * SUPERSAMPLE
+    pixel = (torch.arange(fine, dtype=torch.float32) + 0.5) / SUPERSAMPLE  # pixel-unit centres
+    alpha = torch.zeros(len(labels), 1, SIZE, SIZE)
+    for cls, mask_of in enumerate(SHAPES):  # one batched pass per class, not per image
+        pick = (labels == cls).nonzero().squeeze(1)
+        if not len(pick):
+            continue
+        x = (pixel.view(1, 1, fine) - centre[pick, 0].view(-1, 1, 1)) / radius[pick].view(-1, 1, 1)
+        y = (pixel.view(1, fine, 1) - centre[pick, 1].view(-1, 1, 1)) / radius[pick].view(-1, 1, 1)
+        cos, sin = angle[pick].cos().view(-1, 1, 1), angle[pick].sin().view(-1, 1, 1)
+        mask = mask_of(cos * x + sin * y, cos * y - sin * x).float().unsqueeze(1)
+        alpha[pick] = torch.nn.functional.avg_pool2d(mask, SUPERSAMPLE)
+    return alpha
+
+
+def _backgrounds(colour: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Background colour plus a brightness gradient in a random direction, [N, 3, S, S]."""
+    count = len(colour)
+    direction = torch.rand(count, generator=gen) * (2 * math.pi)
+    strength = torch.rand(count, generator=gen) * 0.3
+    ramp = torch.linspace(-0.5, 0.5, SIZE)
+    gradient = (direction.cos().view(-1, 1, 1) * ramp.view(1, 1, SIZE)
+                + direction.sin().view(-1, 1, 1) * ramp.view(1, SIZE, 1)) * strength.view(-1, 1, 1)
+    return colour.view(count, 3, 1, 1) + gradient.unsqueeze(1)
+
+
+@functools.lru_cache(maxsize=None)
+def generate(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images [N, 3, 32, 32], int64 labels [N]) of 'train' or 'test'; cached per process."""
+    count, seed = SPLITS[split]
+    gen = torch.Generator().manual_seed(seed)
+    labels = (torch.arange(count) % len(CLASSES))[torch.randperm(count, generator=gen)]  # balanced
+    # Draw every parameter for every image up front so the random stream does not depend on classes.
+    radius = RADIUS[0] + torch.rand(count, generator=gen) * (RADIUS[1] - RADIUS[0])
+    room = (SIZE / 2 - 0.7 * radius).unsqueeze(1) * POSITION_SPREAD  # keeps most of the shape inside
+    centre = SIZE / 2 + (torch.rand(count, 2, generator=gen) * 2 - 1) * room
+    angle = (torch.rand(count, generator=gen) * 2 - 1) * MAX_ROTATION
+    background_colour, shape_colour = _distinct_colours(count, gen)
+    noise = torch.randn(count, 3, SIZE, SIZE, generator=gen)
+    alpha = _alpha(labels, centre, radius, angle)
+    images = _backgrounds(background_colour, gen)
+    images.sub_(shape_colour.view(count, 3, 1, 1)).mul_(1 - alpha).add_(shape_colour.view(count, 3, 1, 1))
+    images.add_(noise, alpha=0.03).clamp_(0, 1).mul_(255).round_()  # in place: 15M values, keep it quick
+    return images.to(torch.uint8), labels
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images [N, C, H, W] in [0, 1] units."""
+    values = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255
+    return tuple(round(float(m), 4) for m in values.mean(1)), tuple(round(float(s), 4) for s in values.std(1))

@@ -1,0 +1,125 @@
+"""The training loop: checkpoints round-trip, resume equals an uninterrupted run, Ctrl-C and NaN are handled."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from contrastive_cli import checkpoint as ckpt
+from contrastive_cli.errors import UserError
+from contrastive_cli.spec import PretrainSpec
+from contrastive_cli.train import TrainingStopped, lr_factor, prepare, train
+
+
+def tiny_spec(tmp_path, method="mocov2", **optim):
+    return PretrainSpec.model_validate({
+        "method": {"name": method, **({"queue_size": 64} if method == "mocov2" else {})},
+        "backbone": {"name": "small_cnn"}, "data": {"source": "synthetic", "subset": 96},
+        "optim": {"epochs": 3, "batch_size": 32, **optim}, "runtime": {"out": str(tmp_path / "run")}})
+
+
+def losses(run_dir):
+    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "step" in r]
+
+
+def test_checkpoint_round_trip_restores_every_tensor(tmp_path):
+    run = prepare(tiny_spec(tmp_path))
+    train(run)
+    restored = prepare(PretrainSpec(), resume=run.dir)
+    for (k, a), b in zip(run.method.state_dict().items(), restored.method.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert restored.step == run.step == run.total_steps
+    meta = ckpt.read_meta(run.checkpoint_path)
+    assert meta["method"] == "mocov2" and meta["backbone"]["name"] == "small_cnn" and meta["feature_dim"] == 256
+    assert meta["spec"]["method"]["queue_size"] == 64 and meta["data"]["fingerprint"] == run.data.fingerprint
+    with safe_open(str(run.checkpoint_path), "pt") as f:
+        keys = list(f.keys())
+    assert "method.queue.keys" in keys and any(k.startswith("method.momentum_backbone.") for k in keys)
+    assert any(k.startswith("optim.") for k in keys) and any(k.startswith("backbone.features") for k in keys)
+
+
+@pytest.mark.parametrize("method", ["mocov2", "byol"])
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_run(tmp_path, method):
+    full = prepare(tiny_spec(tmp_path / "a", method))
+    train(full)
+
+    def ctrl_c_at_step_4(run, record):
+        if run.step == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # the real signal: handled between steps
+
+    part = prepare(tiny_spec(tmp_path / "b", method))
+    with pytest.raises(TrainingStopped) as stop:
+        train(part, on_step=ctrl_c_at_step_4)
+    assert stop.value.exit_code == 130 and "--resume" in str(stop.value)
+    assert ckpt.read_meta(part.checkpoint_path)["step"] == 4
+    resumed = prepare(PretrainSpec(), resume=part.dir)
+    assert resumed.step == 4
+    train(resumed)
+    assert losses(part.dir) == pytest.approx(losses(full.dir), rel=1e-5, abs=1e-6)
+    for a, b in zip(full.method.state_dict().values(), resumed.method.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    run = prepare(tiny_spec(tmp_path, epochs=3))
+    train_steps = run.steps_per_epoch
+
+    def poison(run_, record):
+        if run_.step == train_steps + 1:  # after epoch 1's checkpoint: make the next loss NaN
+            with torch.no_grad():
+                run_.method.projector[0].weight.fill_(float("nan"))
+
+    run.spec.runtime.checkpoint_every = 1
+    good = None
+    with pytest.raises(TrainingStopped) as stop:
+        train(run, on_step=lambda r, rec: poison(r, rec))
+    assert stop.value.exit_code == 3 and "nan" in str(stop.value).lower()
+    meta = ckpt.read_meta(run.checkpoint_path)
+    assert meta["step"] == train_steps  # the epoch-1 checkpoint is intact, not overwritten by bad state
+    assert not list(run.dir.glob(".*.tmp"))
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path):
+    run = prepare(tiny_spec(tmp_path, epochs=1))
+    train(run)
+    with pytest.raises(UserError, match="already holds a run"):
+        prepare(tiny_spec(tmp_path, epochs=1))
+
+
+def test_lr_schedule_warms_up_then_follows_a_half_cosine():
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(60, 100, 0, "step") == pytest.approx(0.1) and lr_factor(80, 100, 0, "step") == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("content, needle", [
+    (None, "does not exist"),
+    (b"\x00\x01 not a safetensors file", "not a readable safetensors file"),
+])
+def test_bad_checkpoint_files_get_clear_errors(tmp_path, content, needle):
+    path = tmp_path / "x.safetensors"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match=needle):
+        ckpt.read_meta(path)
+
+
+def test_truncated_and_foreign_checkpoints_are_rejected(tmp_path):
+    run = prepare(tiny_spec(tmp_path, epochs=1))
+    train(run)
+    data = run.checkpoint_path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="truncated"):
+        ckpt.load(cut)
+    from safetensors.torch import save_file
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(UserError, match="not a contrastive checkpoint"):
+        ckpt.read_meta(foreign)
+    with pytest.raises(UserError, match="linear-probe checkpoint"):
+        ckpt.read_meta(run.checkpoint_path, kinds=("linear-probe",))
