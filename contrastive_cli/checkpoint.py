@@ -46,9 +46,9 @@ def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a checkpoint is an ordinary output
     try:
         save_file(tensors, tmp, metadata=header)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for secrets; a checkpoint is an ordinary output
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

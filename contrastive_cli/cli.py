@@ -21,7 +21,7 @@ from .flags import load_config, merge, spec_command
 from .spec import KnnSpec, LinearProbeSpec, PretrainSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
-                  help="Self-supervised representation learning for images: pretrain → evaluate → export.")
+                  help="Self-supervised representation learning for images: pretrain → evaluate.")
 console = Console()
 errors = Console(stderr=True)
 
@@ -81,8 +81,11 @@ class TrainProgress:
         self.task = self.bar.add_task("train", total=total, completed=start, epoch=0, loss=0.0, lr=0.0, ips=0.0)
 
     def __call__(self, run, record, images_per_s):
-        self.bar.update(self.task, completed=record["step"], epoch=record["epoch"] + 1, loss=record["loss"],
+        self.bar.update(self.task, completed=record["step"], epoch=record["epoch"], loss=record["loss"],
                         lr=record["lr"], ips=images_per_s)
+
+
+RESUMABLE = {("runtime", "device"), ("runtime", "workers"), ("runtime", "amp")}
 
 
 @user_errors
@@ -90,7 +93,7 @@ def run_pretrain(given, config=None, print_spec=False, resume=None):
     from .train import prepare, train
     spec = merge(PretrainSpec, load_config(config), given)
     if resume is not None:
-        not_runtime = [f.flag for f in given if f.path[0] != "runtime"]
+        not_runtime = [f.flag for f in given if f.path not in RESUMABLE]
         if not_runtime or config is not None:
             raise UserError(f"--resume continues a run with the spec it was started with, so "
                             f"{', '.join(not_runtime) or '--config'} cannot be changed",
@@ -162,6 +165,8 @@ def run_probe(given, checkpoint, config=None, print_spec=False, as_json=False):
     spec = eval_spec(LinearProbeSpec, given, config, checkpoint, print_spec)
     if print_spec:
         return
+    from .checkpoint import read_meta
+    read_meta(spec.checkpoint)  # a bad checkpoint fails before the progress bar is drawn
     bar = Progress(TextColumn("[bold]linear probe"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
                    console=console, disable=as_json)

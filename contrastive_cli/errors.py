@@ -10,7 +10,8 @@ class UserError(Exception):
 
     def __init__(self, problem: str, fix: str = ""):
         self.problem = problem.rstrip(".")
-        self.fix = fix.rstrip(".")
+        fix = fix.rstrip(".")
+        self.fix = fix[:1].upper() + fix[1:]
         super().__init__(str(self))
 
     def __str__(self) -> str:

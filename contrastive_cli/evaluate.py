@@ -25,6 +25,7 @@ def load_encoder(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
     if not tensors:
         raise UserError(f"{meta['path']} holds no backbone weights (no 'backbone.*' tensors)",
                         "pass a checkpoint written by `contrastive pretrain`")
+    meta["eval_size"] = meta["image_size"]
     info = meta["backbone"]
     backbone, _ = build_backbone(info["name"], **info["kwargs"])
     backbone.load_state_dict(ckpt.strip(tensors, "backbone."), strict=True)
@@ -38,6 +39,7 @@ def open_labeled(spec: EvalDataSpec, meta: dict, split: str, seed: int) -> Image
     source = spec.source or pre["source"]
     root = spec.root or (pre["root"] if spec.source is None else None)
     subset = spec.subset if split == "train" else spec.test_subset
+    meta["eval_size"] = spec.image_size or meta["image_size"]
     data = open_dataset(source, split, root=root, download=spec.download, strict=spec.strict, subset=subset,
                         seed=seed, image_size=meta["image_size"])
     if data.labels is None:
@@ -51,7 +53,7 @@ def open_labeled(spec: EvalDataSpec, meta: dict, split: str, seed: int) -> Image
 def extract(backbone: nn.Module, data: ImageSet, meta: dict, device: torch.device, batch_size: int,
             workers: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled backbone features of the centre view of every image, on the CPU, with their labels."""
-    norm, size = meta["normalize"], meta["image_size"]
+    norm, size = meta["normalize"], meta["eval_size"]
     feats, labels = [], []
     for x, y, _ in data.batches(torch.arange(len(data)), batch_size, workers=workers):
         view = center_view(x.to(device, non_blocking=True), size, norm["mean"], norm["std"])
@@ -80,7 +82,7 @@ def weighted_knn(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
             ranked = votes.topk(min(5, num_classes), dim=1).indices
             hits[k][0] += (ranked[:, 0] == y).sum()
             hits[k][1] += (ranked == y[:, None]).any(dim=1).sum()
-    return {k: {"top1": 100 * h[0].item() / len(queries), "top5": 100 * h[1].item() / len(queries)}
+    return {k: {"top1": round(100 * h[0].item() / len(queries), 2), "top5": round(100 * h[1].item() / len(queries), 2)}
             for k, h in hits.items()}
 
 
@@ -101,7 +103,7 @@ def knn_eval(spec: KnnSpec) -> dict:
                            num_classes(bank_set, test_set))
     return {"checkpoint": meta["path"], "data": bank_set.name.rsplit(":", 1)[0], "bank": len(bank_set),
             "queries": len(test_set), "temperature": spec.temperature, "feature_dim": bank.shape[1],
-            "seconds": round(time.perf_counter() - t0, 2),
+            "seconds": round(time.perf_counter() - t0, 2), "skipped_files": len(bank_set.skipped) + len(test_set.skipped),
             "results": [{"k": k, **v} for k, v in results.items()]}
 
 
@@ -110,8 +112,8 @@ def knn_eval(spec: KnnSpec) -> dict:
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    return {"top1": 100 * (ranked[:, 0] == labels).float().mean().item(),
-            "top5": 100 * (ranked == labels[:, None]).any(dim=1).float().mean().item()}
+    return {"top1": round(100 * (ranked[:, 0] == labels).double().mean().item(), 2),
+            "top5": round(100 * (ranked == labels[:, None]).any(dim=1).double().mean().item(), 2)}
 
 
 def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
@@ -129,19 +131,22 @@ def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
     base_lr = o.lr * o.batch_size / 256
     opt_cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.SGD
     kwargs = {"betas": (o.optimizer_momentum, 0.999)} if o.optimizer == "adamw" else {"momentum": o.optimizer_momentum}
-    optimizer = opt_cls(classifier.parameters(), lr=base_lr, weight_decay=o.weight_decay, **kwargs)
-    norm, size = meta["normalize"], meta["image_size"]
+    groups = [{"params": [classifier.weight]},
+              {"params": [classifier.bias], "weight_decay": 0.0 if o.exclude_bias_norm_wd else o.weight_decay}]
+    optimizer = opt_cls(groups, lr=base_lr, weight_decay=o.weight_decay, **kwargs)
+    norm, size = meta["normalize"], meta["eval_size"]
     train_view = crop_flip_view(spec.crop_scale, size, norm["mean"], norm["std"])
     cached = extract(backbone, train_set, meta, device, spec.runtime.batch_size, workers) if spec.cached else None
-    steps_per_epoch = max(1, len(train_set) // o.batch_size)
+    batch_size = min(o.batch_size, len(train_set))  # a split smaller than the batch is one batch
+    steps_per_epoch = len(train_set) // batch_size
     total, warmup = o.epochs * steps_per_epoch, round((o.warmup_epochs or 0) * steps_per_epoch)
     generator, step, t0 = torch.Generator(device=device), 0, time.perf_counter()
     for epoch in range(o.epochs):
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(spec.runtime.seed + epoch))
         if cached is not None:
-            batches = ((cached[0][i], cached[1][i]) for i in order[:steps_per_epoch * o.batch_size].split(o.batch_size))
+            batches = ((cached[0][i], cached[1][i]) for i in order[:steps_per_epoch * batch_size].split(batch_size))
         else:
-            batches = ((x, y) for x, y, _ in train_set.batches(order, o.batch_size, workers=workers, drop_last=True))
+            batches = ((x, y) for x, y, _ in train_set.batches(order, batch_size, workers=workers, drop_last=True))
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device)
             if cached is None:
@@ -162,7 +167,8 @@ def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
         test_acc = accuracy(classifier(test_feats.to(device)).cpu(), test_labels)
     result = {"checkpoint": meta["path"], "data": train_set.name.rsplit(":", 1)[0], "train_images": len(train_set),
               "test_images": len(test_set), "epochs": o.epochs, "lr": o.lr, "cached": spec.cached,
-              "final_loss": loss.item(), "seconds": round(time.perf_counter() - t0, 2), **test_acc}
+              "final_loss": loss.item(), "seconds": round(time.perf_counter() - t0, 2),
+              "skipped_files": len(train_set.skipped) + len(test_set.skipped), **test_acc}
     out = spec.out or Path(meta["path"]).with_name(Path(meta["path"]).stem + ".probe.safetensors")
     ckpt.save(out, {"probe.weight": classifier.weight, "probe.bias": classifier.bias},
               {"kind": "linear-probe", "spec": spec.model_dump(mode="json"), "results": result,

@@ -111,7 +111,8 @@ class OptimSpec(Spec):
         "Learning rate at batch size 256; the rate used is lr x batch_size / 256."))
     weight_decay: Optional[float] = Field(None, ge=0, description="Weight decay.")
     optimizer_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (AdamW beta1).")
-    warmup_epochs: Optional[float] = Field(None, ge=0, description="Linear warm-up epochs before the schedule.")
+    warmup_epochs: Optional[float] = Field(None, ge=0, description=(
+        "Linear warm-up epochs before the schedule (the recipe's value takes at most a tenth of the run)."))
     schedule: Optional[Literal["cosine", "step", "constant"]] = Field(None, description=(
         "Learning-rate schedule after warm-up."))
     milestones: tuple[float, ...] = Field((0.6, 0.8), description=(
@@ -128,11 +129,11 @@ class OptimSpec(Spec):
 
 
 class RuntimeSpec(Spec):
-    device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
+    device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N' or 'mps'.")
     seed: int = Field(0, ge=0, description="Seed for initialisation, data order and augmentation.")
     workers: Optional[int] = Field(None, ge=0, description=(
         "Data-loader worker processes for folder datasets [default: min(4, CPU cores)]."))
-    amp: Optional[bool] = Field(None, description="Mixed precision (bf16) [default: on for CUDA, off on CPU].")
+    amp: Optional[bool] = Field(None, description="Mixed precision (bf16) on CUDA [default: on for CUDA; no effect on CPU].")
     out: Optional[Path] = Field(None, description="Run directory [default: runs/<method>-<backbone>-<data>].")
     checkpoint_every: int = Field(10, ge=1, description="Write a checkpoint every N epochs (and at the end).")
 
@@ -254,6 +255,7 @@ class KnnSpec(Spec):
 class ProbeOptimSpec(OptimSpec):
     """MoCo v1/v2 linear classification protocol."""
     epochs: int = Field(100, ge=1, description="Number of epochs.")
+    batch_size: int = Field(256, ge=2, description="Images per step of the classifier.")
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="Optimiser.")
     lr: float = Field(30.0, gt=0, description="Learning rate at batch size 256; the rate used is lr x batch_size / 256.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
@@ -316,15 +318,15 @@ def resolve_pretrain(spec: PretrainSpec, image_size: int, n_images: int) -> Pret
             if data[section].get(key) is None:
                 data[section][key] = value
     optim = data["optim"]
-    if optim["warmup_epochs"] and optim["warmup_epochs"] >= optim["epochs"] and spec.optim.warmup_epochs is None:
-        optim["warmup_epochs"] = optim["epochs"] / 10  # recipe warm-up on a short run: a tenth of it
+    if spec.optim.warmup_epochs is None:  # the recipe's warm-up (10 of 100+ epochs) takes at most a tenth of a short run
+        optim["warmup_epochs"] = min(optim["warmup_epochs"], optim["epochs"] / 10)
     resolved = validate(PretrainSpec, data)
     problems = method_cls.check(resolved)
     if resolved.optim.batch_size > n_images:
         problems.append(f"optim.batch_size (--batch-size): {resolved.optim.batch_size} is larger than the "
                         f"{n_images} training images; use a smaller batch size or more data")
     q = getattr(resolved.method, "queue_size", None)
-    if q is not None and q > n_images:
+    if q is not None and q > n_images >= resolved.optim.batch_size:
         problems.append(f"method.queue_size (--queue-size): the queue ({q} keys) is larger than the dataset "
                         f"({n_images} images), so it would hold several keys of the same image; use a queue of "
                         f"at most {n_images // resolved.optim.batch_size * resolved.optim.batch_size}")

@@ -259,7 +259,7 @@ def train(run: Run, progress=None, on_step: Optional[Callable[[Run, dict], None]
     generator = torch.Generator(device=device)
     warmup = round(s.optim.warmup_epochs * run.steps_per_epoch)
     workers = default_workers(s.runtime.workers)
-    metrics_file = (run.dir / "metrics.jsonl").open("a")
+    metrics_file = (run.dir / "metrics.jsonl").open("a" if run.step else "w")  # a new run starts a fresh log
     method.train()
     epoch_stats: dict = {}
     with interrupt_flag() as interrupted, metrics_file:
@@ -292,9 +292,10 @@ def train(run: Run, progress=None, on_step: Optional[Callable[[Run, dict], None]
                 t_prev, t_ready = t_ready, time.perf_counter()
                 losses.append(loss.item())
                 images += len(x)
-                record = {"step": run.step, "epoch": epoch, "loss": losses[-1], "lr": lr,
+                record = {"step": run.step, "epoch": epoch + 1, "loss": losses[-1], "lr": lr,
                           "images_per_s": len(x) / (t_ready - t_prev), "data_wait": t_got - t_prev}
                 metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
                 if progress is not None:
                     progress(run, record, images / (t_ready - t_epoch))
                 if on_step is not None:

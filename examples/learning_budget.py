@@ -20,8 +20,10 @@ from contrastive_cli.spec import PretrainSpec
 from contrastive_cli.train import build_method, prepare, train
 
 
-def knn_top1(bank, bank_labels, queries, labels, k, t) -> float:
-    return weighted_knn(bank, bank_labels, queries, labels, [k], t, 10)[k]["top1"]
+def knn_top1(bank, bank_labels, queries, labels, k, t) -> dict[int, float]:
+    """Top-1 at the tested k and, for the record, at k=20."""
+    ks = sorted({k, 20})
+    return {kk: r["top1"] for kk, r in weighted_knn(bank, bank_labels, queries, labels, ks, t, 10).items()}
 
 
 def learning_run(method: str, out, *, epochs: int, subset: int, bank: int = 10000, queries: int = 2000,
@@ -35,7 +37,7 @@ def learning_run(method: str, out, *, epochs: int, subset: int, bank: int = 1000
     run = prepare(PretrainSpec.model_validate(sections))
     bank_set = open_dataset("fashion-mnist", "train", subset=bank, seed=1)
     query_set = open_dataset("fashion-mnist", "test", subset=queries, seed=1)
-    meta = {"normalize": {"mean": list(bank_set.mean), "std": list(bank_set.std)}, "image_size": 28}
+    meta = {"normalize": {"mean": list(bank_set.mean), "std": list(bank_set.std)}, "image_size": 28, "eval_size": 28}
 
     def encoder_knn(backbone_module) -> float:
         backbone_module.eval()
@@ -51,8 +53,10 @@ def learning_run(method: str, out, *, epochs: int, subset: int, bank: int = 1000
     start = time.perf_counter()
     stats = train(run)
     seconds = time.perf_counter() - start
-    return {"method": method, "pretrained": encoder_knn(run.method.backbone), "random_init": random_init,
-            "pixels": pixels, "train_seconds": round(seconds, 1), "images_per_s": round(stats["images_per_s"], 1),
+    pretrained = encoder_knn(run.method.backbone)
+    return {"method": method, "k": k, "pretrained": pretrained[k], "random_init": random_init[k], "pixels": pixels[k],
+            "at_k20": {"pretrained": pretrained[20], "random_init": random_init[20], "pixels": pixels[20]},
+            "train_seconds": round(seconds, 1), "images_per_s": round(stats["images_per_s"], 1),
             "final_loss": stats["loss"]}
 
 

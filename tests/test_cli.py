@@ -139,3 +139,20 @@ def test_resume_of_a_finished_run_is_a_no_op(in_tmp, pretrained):
     result = invoke("pretrain", "--resume", pretrained)
     assert result.exit_code == 0, result.output
     assert (pretrained / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_resume_refuses_runtime_changes_that_would_alter_the_run(in_tmp, pretrained):
+    fails_cleanly(invoke("pretrain", "--resume", pretrained, "--seed", 3), "--seed cannot be changed")
+
+
+def test_checkpoints_are_ordinary_readable_files(pretrained):
+    import os
+    import stat
+    mode = stat.S_IMODE(os.stat(pretrained / "checkpoint.safetensors").st_mode)
+    assert mode & 0o044, oct(mode)  # group/other may read it, like any output (not mkstemp's 0600)
+    assert not list(pretrained.glob(".*.tmp"))
+
+
+def test_linear_probe_on_a_split_smaller_than_the_batch(pretrained):
+    result = invoke("linear-probe", pretrained, "--epochs", 1, "--lr", 1.0, "--json", "--subset", 40, "--test-subset", 20)
+    assert result.exit_code == 0, result.output

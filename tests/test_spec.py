@@ -80,3 +80,17 @@ def test_every_flag_has_help_text():
     for model in (PretrainSpec, KnnSpec, LinearProbeSpec):
         for f in collect(model, skip=("kind", "checkpoint")):
             assert f.help, f.flag
+
+
+def test_reference_docs_are_generated_from_the_specs():
+    from contrastive_cli.docs import reference
+    from pathlib import Path
+    target = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
+    assert target.read_text() == reference(), "docs/reference.md is stale: run python -m contrastive_cli.docs"
+
+
+def test_recipe_warmup_takes_at_most_a_tenth_of_a_short_run():
+    spec = PretrainSpec.model_validate({"method": {"name": "simclr"}, "optim": {"epochs": 20}})
+    assert resolve_pretrain(spec, 32, 5000).optim.warmup_epochs == 2
+    spec = PretrainSpec.model_validate({"method": {"name": "simclr"}, "optim": {"epochs": 200}})
+    assert resolve_pretrain(spec, 32, 5000).optim.warmup_epochs == 10

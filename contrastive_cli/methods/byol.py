@@ -20,7 +20,7 @@ class BYOL(Method):
     def recipe(small: bool) -> dict:
         # Paper: LARS, base lr 0.45 (<=100 epochs), wd 1e-6, warm-up 10 epochs + cosine, tau_base 0.99.
         # Here plain SGD, which needs the usual small-batch SGD lr and weight decay.
-        optim = {"optimizer": "sgd", "lr": 0.2, "weight_decay": 1e-5 if small else 1.5e-6, "warmup_epochs": 10,
+        optim = {"optimizer": "sgd", "lr": 0.2, "weight_decay": 1e-5 if small else 1e-6, "warmup_epochs": 10,
                  "schedule": "cosine", "exclude_bias_norm_wd": True}
         method = {"momentum": 0.99}
         augment = {"crop_scale": (0.08, 1.0), "jitter_p": 0.8, "jitter": (0.4, 0.4, 0.2, 0.1),
