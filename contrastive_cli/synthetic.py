@@ -1,9 +1,10 @@
 """The embedded 'synthetic' dataset: ten classes of shapes, 32x32 RGB, generated on the fly.
 
-Each image is one shape of a random colour, position, scale and small rotation over a random
-background (colour + brightness gradient + noise). Only the shape says the class: colours,
-position and scale are independent of it, so raw pixels are a weak cue (a raw-pixel kNN gets
-well below 100%) while an encoder trained with colour jitter and crops can learn the shapes.
+Each image is one shape at a random grey level (slightly tinted), position, scale and small rotation over
+a flat background of another grey level, plus noise. Only the shape says the class: grey levels, position
+and scale are independent of it, so raw pixels are a weak cue (raw-pixel weighted kNN: 68% at k=20, 40% at
+k=200), while an encoder trained with colour jitter and crops learns the shapes (SimCLR, small CNN,
+30 epochs: 77% at k=20, 69% at k=200, from 56% / 35% at random initialisation).
 
 Generation is vectorised torch on the CPU (about a second for both splits) and deterministic:
 each split has its own fixed seed, so the data is the same on every machine and for every run.
@@ -24,11 +25,10 @@ SUPERSAMPLE = 2  # shapes are drawn at 2x and averaged down, so edges are anti-a
 MAX_ROTATION = math.pi / 12  # +-15 degrees: small enough that plus/cross and the stripes stay distinct
 RADIUS = (7.0, 13.0)  # pixels: from under half to most of the image
 POSITION_SPREAD = 0.4  # fraction of the free room the centre may move into
-MIN_COLOUR_DISTANCE = 0.6  # shape vs background colour (RGB in [0, 1]) so every shape is visible
 
 # Per-channel statistics of the train split, measured once with `channel_stats(*generate("train"))`.
-MEAN = (0.5028, 0.5016, 0.4995)
-STD = (0.2866, 0.2923, 0.2919)
+MEAN = (0.5014, 0.5003, 0.5011)
+STD = (0.3059, 0.3051, 0.3054)
 
 
 def _stripes(t: torch.Tensor) -> torch.Tensor:
@@ -61,17 +61,24 @@ SHAPES = (
 )
 
 
+TINT = 0.08  # per-channel colour offset: images are coloured, but colour says little about an instance
+MIN_CONTRAST = 0.35  # grey-level gap between shape and background, so every shape is visible
+
+
 def _distinct_colours(count: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Background and shape colours [N, 3], redrawing shape colours too close to the background."""
-    background, shape = torch.rand(count, 3, generator=gen), torch.rand(count, 3, generator=gen)
-    for _ in range(20):  # each round fixes most of the rest; a fixed count keeps it deterministic
-        close = (shape - background).norm(dim=1) < MIN_COLOUR_DISTANCE
-        if not close.any():
-            break
-        shape[close] = torch.rand(int(close.sum()), 3, generator=gen)
-    close = (shape - background).norm(dim=1) < MIN_COLOUR_DISTANCE
-    shape[close] = 1 - background[close].round()  # the opposite corner of the cube is always far
-    return background, shape
+    """Background and shape colours [N, 3]: random grey levels at least MIN_CONTRAST apart, slightly tinted.
+
+    Colours that identify an image (random RGB, or a palette) became the feature self-supervised runs learned
+    instead of the shape; brightness and contrast jitter do scramble grey levels, so shape is what is left.
+    """
+    background = torch.rand(count, generator=gen)
+    gap = MIN_CONTRAST + torch.rand(count, generator=gen) * (1 - MIN_CONTRAST)
+    up = torch.rand(count, generator=gen) < 0.5
+    shape = torch.where(up, background + gap, background - gap)
+    shape = torch.where((shape < 0) | (shape > 1), torch.where(up, background - gap, background + gap), shape)
+    shape = shape.clamp(0, 1)
+    tint = (torch.rand(2, count, 3, generator=gen) - 0.5) * 2 * TINT
+    return (background[:, None] + tint[0]).clamp(0, 1), (shape[:, None] + tint[1]).clamp(0, 1)
 
 
 def _alpha(labels: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor, angle: torch.Tensor
@@ -92,17 +99,6 @@ def _alpha(labels: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor, ang
     return alpha
 
 
-def _backgrounds(colour: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Background colour plus a brightness gradient in a random direction, [N, 3, S, S]."""
-    count = len(colour)
-    direction = torch.rand(count, generator=gen) * (2 * math.pi)
-    strength = torch.rand(count, generator=gen) * 0.3
-    ramp = torch.linspace(-0.5, 0.5, SIZE)
-    gradient = (direction.cos().view(-1, 1, 1) * ramp.view(1, 1, SIZE)
-                + direction.sin().view(-1, 1, 1) * ramp.view(1, SIZE, 1)) * strength.view(-1, 1, 1)
-    return colour.view(count, 3, 1, 1) + gradient.unsqueeze(1)
-
-
 @functools.lru_cache(maxsize=None)
 def generate(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 images [N, 3, 32, 32], int64 labels [N]) of 'train' or 'test'; cached per process."""
@@ -117,7 +113,8 @@ def generate(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     background_colour, shape_colour = _distinct_colours(count, gen)
     noise = torch.randn(count, 3, SIZE, SIZE, generator=gen)
     alpha = _alpha(labels, centre, radius, angle)
-    images = _backgrounds(background_colour, gen)
+    # Flat backgrounds: a per-image gradient direction was an instance cue that survived every augmentation.
+    images = background_colour.view(count, 3, 1, 1).expand(count, 3, SIZE, SIZE).clone()
     images.sub_(shape_colour.view(count, 3, 1, 1)).mul_(1 - alpha).add_(shape_colour.view(count, 3, 1, 1))
     images.add_(noise, alpha=0.03).clamp_(0, 1).mul_(255).round_()  # in place: 15M values, keep it quick
     return images.to(torch.uint8), labels
