@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .augment import ViewAugment
 from .data import ImageSet, native_size, open_dataset
 from .errors import UserError
 from .methods import METHODS, Method
@@ -255,7 +254,7 @@ def train(run: Run, progress=None, on_step: Optional[Callable[[Run, dict], None]
     """Train from run.step to the end; returns the last epoch's metrics. Raises TrainingStopped on Ctrl-C / NaN."""
     s, method, device = run.spec, run.method, run.device
     write_spec(run)
-    views = [ViewAugment(s.augment, s.data.image_size, run.data.mean, run.data.std, view=v) for v in (0, 1)]
+    views = method.views(s.augment, s.data.image_size, run.data.mean, run.data.std)
     generator = torch.Generator(device=device)
     warmup = round(s.optim.warmup_epochs * run.steps_per_epoch)
     workers = default_workers(s.runtime.workers)
@@ -269,14 +268,14 @@ def train(run: Run, progress=None, on_step: Optional[Callable[[Run, dict], None]
             order = order[offset * s.optim.batch_size:run.steps_per_epoch * s.optim.batch_size]
             losses, images, wait, t_epoch = [], 0, 0.0, time.perf_counter()
             t_ready = time.perf_counter()
-            for x, _, _ in run.data.batches(order, s.optim.batch_size, workers=workers, drop_last=True):
+            for x, _, indices in run.data.batches(order, s.optim.batch_size, workers=workers, drop_last=True):
                 x = x.to(device, non_blocking=True)
                 t_got = time.perf_counter()
                 wait += t_got - t_ready
                 generator.manual_seed(s.runtime.seed * 1_000_003 + run.step)
                 lr = set_lr(run.optimizer, lr_factor(run.step, run.total_steps, warmup, s.optim.schedule, s.optim.milestones))
                 with autocast(device, s.runtime.amp):
-                    out = method([v(x, generator) for v in views])
+                    out = method([v(x, generator) for v in views], indices.to(device))
                 loss = out["loss"]
                 if not torch.isfinite(loss):
                     raise TrainingStopped(

@@ -1,7 +1,8 @@
 """What methods share: the Method interface with its small hooks, momentum encoders and the key queue.
 
 A method is an nn.Module holding the backbone and its heads. The training loop only calls:
-  forward(views) -> dict with 'loss' (and cheap stats),
+  views(augment, size, mean, std) -> the view pipelines of a step (hook: multi-crop methods return more),
+  forward(views, indices) -> dict with 'loss' (indices: dataset positions, for memory-bank methods),
   parameter_groups() -> optimiser groups (hook: e.g. SimSiam's fixed-lr predictor),
   after_step(progress) -> e.g. the EMA update of momentum encoders (hook: momentum_pairs()),
 and `recipe(small)` gives the paper's defaults, `check(spec)` rejects spec combinations that cannot work.
@@ -48,8 +49,13 @@ class Method(nn.Module):
         """Optimiser groups; by default one group of every trainable parameter."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
-    def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError  # each method defines its loss
+    @staticmethod
+    def views(augment, size: int, mean, std) -> list:
+        """The augmentation pipelines of one step, one per view: two views by default."""
+        from ..augment import ViewAugment
+        return [ViewAugment(augment, size, mean, std, view=v) for v in (0, 1)]
+
+    # forward(views, indices=None) -> {"loss": ...} is each method's own (nn.Module requires it).
 
     # ---- shared behaviour ------------------------------------------------------------------
     @torch.no_grad()

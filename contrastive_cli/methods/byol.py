@@ -40,7 +40,7 @@ class BYOL(Method):
     def momentum(self, progress):
         return cosine_momentum(self.spec.momentum, progress)
 
-    def forward(self, views):
+    def forward(self, views, indices=None):
         p1, p2 = (self.predictor(self.projector(self.backbone(x))) for x in views)
         with torch.no_grad():
             t1, t2 = (self.target_projector(self.target_backbone(x)) for x in views)

@@ -42,7 +42,7 @@ class MoCoV2(Method):
     def key(self, x):
         return F.normalize(self.momentum_projector(self.momentum_backbone(x)), dim=1)
 
-    def forward(self, views):
+    def forward(self, views, indices=None):
         x1, x2 = views
         negatives = self.queue.keys.clone().detach()
         k2 = self.key(x2)

@@ -25,6 +25,6 @@ class SimCLR(Method):
         self.projector = mlp(feature_dim, [Layer(spec.proj_hidden_dim, True, "bn", True),
                                            Layer(spec.proj_dim, False, "bn")])
 
-    def forward(self, views):
+    def forward(self, views, indices=None):
         z1, z2 = (self.projector(self.backbone(x)) for x in views)
         return {"loss": nt_xent(z1, z2, self.spec.temperature)}

@@ -31,7 +31,7 @@ class SimSiam(Method):
         return [{"params": encoder},
                 {"params": list(self.predictor.parameters()), "fixed_lr": self.spec.fix_pred_lr}]
 
-    def forward(self, views):
+    def forward(self, views, indices=None):
         z1, z2 = (self.projector(self.backbone(x)) for x in views)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         return {"loss": 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1))}
