@@ -144,8 +144,10 @@ def run_knn(given, checkpoint, config=None, print_spec=False, as_json=False):
     if as_json:
         print(json.dumps(result))
         return
-    table = Table(title=f"weighted kNN · {result['data']} · bank {result['bank']} · queries {result['queries']} · "
-                        f"T={result['temperature']}")
+    console.print(f"[bold]weighted kNN[/] · {result['data']} · bank {result['bank']} · queries {result['queries']} · "
+                  f"T={result['temperature']}" + (f" · {result['skipped_files']} unreadable files skipped"
+                                                  if result["skipped_files"] else ""))
+    table = Table()
     for col in ("k", "top-1 %", "top-5 %"):
         table.add_column(col, justify="right")
     for r in result["results"]:
@@ -176,8 +178,10 @@ def run_probe(given, checkpoint, config=None, print_spec=False, as_json=False):
     if as_json:
         print(json.dumps(result))
         return
-    table = Table(title=f"linear probe · {result['data']} · {result['epochs']} epochs · lr {result['lr']:g}"
-                        + (" · cached features" if result["cached"] else ""))
+    console.print(f"[bold]linear probe[/] · {result['data']} · {result['epochs']} epochs · lr {result['lr']:g}"
+                  + (" · cached features" if result["cached"] else "")
+                  + (f" · {result['skipped_files']} unreadable files skipped" if result["skipped_files"] else ""))
+    table = Table()
     for col in ("top-1 %", "top-5 %", "probe"):
         table.add_column(col)
     table.add_row(f"{result['top1']:.2f}", f"{result['top5']:.2f}", result["probe"])
