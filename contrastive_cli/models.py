@@ -75,3 +75,40 @@ def backbone_info(name: str, stem: str, feature_dim: int) -> dict:
     """What a checkpoint records to rebuild the backbone without the run spec."""
     return {"name": name, "kwargs": {"stem": stem}, "feature_dim": feature_dim,
             "torchvision": name.startswith("resnet")}
+
+
+class SplitBatchNorm(nn.BatchNorm2d):
+    """Batch norm computed separately over `splits` sub-batches in training, as if each were on its own GPU
+    (MoCo's single-GPU CIFAR demo); eval mode, parameters and state-dict keys are those of BatchNorm2d."""
+
+    def __init__(self, num_features: int, splits: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.splits = splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        s = self.splits
+        if not self.training or s == 1 or n % s:
+            return super().forward(x)
+        # (n, c) -> (n/s, s*c): sample i lands in split i % s, each split normalised with its own statistics
+        mean, var = self.running_mean.repeat(s), self.running_var.repeat(s)
+        out = nn.functional.batch_norm(x.reshape(n // s, s * c, h, w), mean, var, self.weight.repeat(s),
+                                       self.bias.repeat(s), True, self.momentum, self.eps)
+        with torch.no_grad():
+            self.running_mean.copy_(mean.view(s, c).mean(0))
+            self.running_var.copy_(var.view(s, c).mean(0))
+            self.num_batches_tracked += 1
+        return out.view(n, c, h, w)
+
+
+def split_batchnorm(module: nn.Module, splits: int) -> nn.Module:
+    """Replace every BatchNorm2d in `module` by a SplitBatchNorm with the same state (in place)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm):
+            split = SplitBatchNorm(child.num_features, splits, eps=child.eps, momentum=child.momentum,
+                                   affine=child.affine)
+            split.load_state_dict(child.state_dict())
+            setattr(module, name, split.to(child.weight.device if child.affine else child.running_mean.device))
+        else:
+            split_batchnorm(child, splits)
+    return module

@@ -169,6 +169,9 @@ class MoCoV2Spec(Spec):
     momentum: Optional[float] = Field(None, ge=0, le=1, description=(
         "Momentum-encoder EMA coefficient (BYOL: the base value of its cosine schedule)."))
     symmetric: bool = Field(False, description="MoCo: symmetrised loss (both view orders), as in the CIFAR demo.")
+    bn_splits: int = Field(8, ge=1, description=(
+        "MoCo: ShuffleBN on one device: batch norm over this many sub-batches (as if on as many GPUs) and the "
+        "key batch shuffled across them, so BN statistics cannot leak which key is the positive (1: off)."))
 
 
 class BYOLSpec(Spec):

@@ -31,7 +31,7 @@ def test_queue_is_fifo_and_keeps_its_size():
 
 def test_mocov2_enqueues_the_keys_of_each_step():
     torch.manual_seed(0)
-    method = make("mocov2", queue_size=16)
+    method = make("mocov2", queue_size=16, bn_splits=1)
     views = [torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)]
     method(views)
     with torch.no_grad():
@@ -112,3 +112,39 @@ def test_every_method_returns_a_finite_differentiable_loss(name):
     assert torch.isfinite(loss)
     loss.backward()
     assert method.backbone.features[0][0].weight.grad is not None
+
+
+def test_split_batchnorm_normalises_each_sub_batch_on_its_own():
+    from contrastive_cli.models import SplitBatchNorm
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 4, 4) * torch.arange(1, 9).view(8, 1, 1, 1)
+    split = SplitBatchNorm(3, splits=2)
+    out = split(x)
+    plain = torch.nn.BatchNorm2d(3)
+    for part in (0, 1):  # sample i belongs to split i % 2
+        assert torch.allclose(out[part::2], plain(x[part::2]), atol=1e-5)
+    split.eval()
+    plain.eval()
+    plain.load_state_dict(split.state_dict())
+    assert torch.allclose(split(x), plain(x), atol=1e-6)
+
+
+def test_shuffle_bn_keys_come_back_in_batch_order():
+    torch.manual_seed(0)
+    method = make("mocov2", bn_splits=1)  # with one split the shuffle must be invisible
+    x = torch.randn(8, 3, 32, 32)
+    method.eval()
+    with torch.no_grad():
+        plain = torch.nn.functional.normalize(method.momentum_projector(method.momentum_backbone(x)), dim=1)
+    assert torch.allclose(method.key(x), plain, atol=1e-5)
+
+
+def test_mocov2_backbone_keeps_torchvision_keys_with_split_bn():
+    import torchvision
+    spec = PretrainSpec.model_validate({"method": {"name": "mocov2"}, "optim": {"batch_size": 8}})
+    spec = resolve_pretrain(spec, 32, 10_000)
+    backbone, dim = build_backbone("resnet18")
+    method = METHODS["mocov2"](spec.method, backbone, dim)
+    reference = torchvision.models.resnet18()
+    reference.fc = torch.nn.Identity()
+    reference.load_state_dict(method.backbone.state_dict(), strict=True)

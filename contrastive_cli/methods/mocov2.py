@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import info_nce
-from ..models import Layer, mlp
+from ..models import Layer, mlp, split_batchnorm
 from .base import KeyQueue, Method, momentum_copy
 
 
@@ -24,8 +24,14 @@ class MoCoV2(Method):
                    "blur_p": (0.5, 0.5), "solarize_p": (0.0, 0.0)}
         return {"optim": optim, "method": method, "augment": augment}
 
+    @staticmethod
+    def check(spec):
+        b, s = spec.optim.batch_size, spec.method.bn_splits
+        return [] if b % s == 0 else [
+            f"method.bn_splits (--bn-splits): the batch size ({b}) must be a multiple of the BN splits ({s})"]
+
     def __init__(self, spec, backbone, feature_dim):
-        super().__init__(spec, backbone, feature_dim)
+        super().__init__(spec, split_batchnorm(backbone, spec.bn_splits), feature_dim)
         # v2's head: 2-layer MLP with no batch norm
         self.projector = mlp(feature_dim, [Layer(spec.proj_hidden_dim, relu=True), Layer(spec.proj_dim)])
         self.momentum_backbone = momentum_copy(backbone)
@@ -40,7 +46,11 @@ class MoCoV2(Method):
 
     @torch.no_grad()
     def key(self, x):
-        return F.normalize(self.momentum_projector(self.momentum_backbone(x)), dim=1)
+        # ShuffleBN: the keys' BN splits hold other samples than the queries' splits, so batch statistics cannot
+        # tell which key is the positive. The CPU generator is saved in checkpoints, so resume stays exact.
+        shuffle = torch.randperm(len(x)).to(x.device)
+        keys = F.normalize(self.momentum_projector(self.momentum_backbone(x[shuffle])), dim=1)
+        return keys[torch.argsort(shuffle)]
 
     def forward(self, views, indices=None):
         x1, x2 = views
