@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import sys
 from functools import wraps
 from pathlib import Path
 from typing import Optional

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from torch import nn
 
 from . import checkpoint as ckpt
 from .data import ImageSet, native_size, open_dataset
@@ -274,13 +273,14 @@ def train(run: Run, progress=None, on_step: Optional[Callable[[Run, dict], None]
                 wait += t_got - t_ready
                 generator.manual_seed(s.runtime.seed * 1_000_003 + run.step)
                 lr = set_lr(run.optimizer, lr_factor(run.step, run.total_steps, warmup, s.optim.schedule, s.optim.milestones))
+                batch_views = [v(x, generator) for v in views]  # fp32, outside autocast
                 with autocast(device, s.runtime.amp):
-                    out = method([v(x, generator) for v in views], indices.to(device))
+                    out = method(batch_views, indices.to(device))
                 loss = out["loss"]
                 if not torch.isfinite(loss):
                     raise TrainingStopped(
-                        f"The loss became {loss.item()} at step {run.step} (epoch {epoch}); training stopped",
-                        f"lower --lr or check the data; the last good checkpoint is kept"
+                        f"The loss became {loss.item()} at step {run.step} (epoch {epoch + 1}); training stopped",
+                        "lower --lr or check the data; the last good checkpoint is kept"
                         + (f" at {run.checkpoint_path} (resume with --resume {run.dir})" if run.checkpoint_path.exists() else ""),
                         exit_code=3)
                 run.optimizer.zero_grad(set_to_none=True)

@@ -82,7 +82,6 @@ def test_momentum_encoder_moves_only_by_ema_after_a_step():
 def test_stop_gradient_blocks_the_target_branch(name):
     # d loss / d z_target must be zero: perturbing the target branch's input to the loss changes nothing in the grads
     torch.manual_seed(0)
-    method = make(name)
     z = torch.randn(8, 16, requires_grad=True)
     p = torch.randn(8, 16, requires_grad=True)
     from contrastive_cli.losses import negative_cosine, normalized_mse

@@ -73,7 +73,6 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
                 run_.method.projector[0].weight.fill_(float("nan"))
 
     run.spec.runtime.checkpoint_every = 1
-    good = None
     with pytest.raises(TrainingStopped) as stop:
         train(run, on_step=lambda r, rec: poison(r, rec))
     assert stop.value.exit_code == 3 and "nan" in str(stop.value).lower()
