@@ -94,3 +94,12 @@ def test_recipe_warmup_takes_at_most_a_tenth_of_a_short_run():
     assert resolve_pretrain(spec, 32, 5000).optim.warmup_epochs == 2
     spec = PretrainSpec.model_validate({"method": {"name": "simclr"}, "optim": {"epochs": 200}})
     assert resolve_pretrain(spec, 32, 5000).optim.warmup_epochs == 10
+
+
+def test_example_configs_are_valid_specs():
+    from pathlib import Path
+    from contrastive_cli.flags import load_config
+    examples = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        merge(PretrainSpec, load_config(path), {})
