@@ -24,7 +24,6 @@ def load_encoder(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
     if not tensors:
         raise UserError(f"{meta['path']} holds no backbone weights (no 'backbone.*' tensors)",
                         "pass a checkpoint written by `contrastive pretrain`")
-    meta["eval_size"] = meta["image_size"]
     info = meta["backbone"]
     backbone, _ = build_backbone(info["name"], **info["kwargs"])
     backbone.load_state_dict(ckpt.strip(tensors, "backbone."), strict=True)
@@ -38,7 +37,6 @@ def open_labeled(spec: EvalDataSpec, meta: dict, split: str, seed: int) -> Image
     source = spec.source or pre["source"]
     root = spec.root or (pre["root"] if spec.source is None else None)
     subset = spec.subset if split == "train" else spec.test_subset
-    meta["eval_size"] = spec.image_size or meta["image_size"]
     data = open_dataset(source, split, root=root, download=spec.download, strict=spec.strict, subset=subset,
                         seed=seed, image_size=meta["image_size"])
     if data.labels is None:
@@ -49,10 +47,10 @@ def open_labeled(spec: EvalDataSpec, meta: dict, split: str, seed: int) -> Image
 
 
 @torch.no_grad()
-def extract(backbone: nn.Module, data: ImageSet, meta: dict, device: torch.device, batch_size: int,
+def extract(backbone: nn.Module, data: ImageSet, size: int, norm: dict, device: torch.device, batch_size: int,
             workers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled backbone features of the centre view of every image, on the CPU, with their labels."""
-    norm, size = meta["normalize"], meta["eval_size"]
+    """Pooled backbone features of the centre view (side `size`, normalised with the checkpoint's `norm`
+    {mean, std}) of every image, on the CPU, with their labels."""
     feats, labels = [], []
     for x, y, _ in data.batches(torch.arange(len(data)), batch_size, workers=workers):
         view = center_view(x.to(device, non_blocking=True), size, norm["mean"], norm["std"])
@@ -96,8 +94,9 @@ def knn_eval(spec: KnnSpec) -> dict:
     test_set = open_labeled(spec.data, meta, "test", spec.runtime.seed)
     workers = default_workers(spec.runtime.workers)
     t0 = time.perf_counter()
-    bank, bank_labels = extract(backbone, bank_set, meta, device, spec.runtime.batch_size, workers)
-    queries, labels = extract(backbone, test_set, meta, device, spec.runtime.batch_size, workers)
+    view = (spec.data.image_size or meta["image_size"], meta["normalize"])
+    bank, bank_labels = extract(backbone, bank_set, *view, device, spec.runtime.batch_size, workers)
+    queries, labels = extract(backbone, test_set, *view, device, spec.runtime.batch_size, workers)
     results = weighted_knn(bank, bank_labels, queries, labels, spec.k, spec.temperature,
                            num_classes(bank_set, test_set))
     return {"checkpoint": meta["path"], "data": bank_set.name.rsplit(":", 1)[0], "bank": len(bank_set),
@@ -133,9 +132,9 @@ def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
     groups = [{"params": [classifier.weight]},
               {"params": [classifier.bias], "weight_decay": 0.0 if o.exclude_bias_norm_wd else o.weight_decay}]
     optimizer = opt_cls(groups, lr=base_lr, weight_decay=o.weight_decay, **kwargs)
-    norm, size = meta["normalize"], meta["eval_size"]
+    norm, size = meta["normalize"], spec.data.image_size or meta["image_size"]
     train_view = crop_flip_view(spec.crop_scale, size, norm["mean"], norm["std"])
-    cached = extract(backbone, train_set, meta, device, spec.runtime.batch_size, workers) if spec.cached else None
+    cached = extract(backbone, train_set, size, norm, device, spec.runtime.batch_size, workers) if spec.cached else None
     batch_size = min(o.batch_size, len(train_set))  # a split smaller than the batch is one batch
     steps_per_epoch = len(train_set) // batch_size
     total, warmup = o.epochs * steps_per_epoch, round((o.warmup_epochs or 0) * steps_per_epoch)
@@ -162,7 +161,7 @@ def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
         if progress is not None:
             progress(epoch + 1, o.epochs, loss.item())
     with torch.no_grad():
-        test_feats, test_labels = extract(backbone, test_set, meta, device, spec.runtime.batch_size, workers)
+        test_feats, test_labels = extract(backbone, test_set, size, norm, device, spec.runtime.batch_size, workers)
         test_acc = accuracy(classifier(test_feats.to(device)).cpu(), test_labels)
     result = {"checkpoint": meta["path"], "data": train_set.name.rsplit(":", 1)[0], "train_images": len(train_set),
               "test_images": len(test_set), "epochs": o.epochs, "lr": o.lr, "cached": spec.cached,

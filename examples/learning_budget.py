@@ -37,12 +37,12 @@ def learning_run(method: str, out, *, epochs: int, subset: int, bank: int = 1000
     run = prepare(PretrainSpec.model_validate(sections))
     bank_set = open_dataset("fashion-mnist", "train", subset=bank, seed=1)
     query_set = open_dataset("fashion-mnist", "test", subset=queries, seed=1)
-    meta = {"normalize": {"mean": list(bank_set.mean), "std": list(bank_set.std)}, "image_size": 28, "eval_size": 28}
+    norm = {"mean": list(bank_set.mean), "std": list(bank_set.std)}
 
     def encoder_knn(backbone_module) -> float:
         backbone_module.eval()
-        b, bl = extract(backbone_module, bank_set, meta, run.device, 1024, 0)
-        q, ql = extract(backbone_module, query_set, meta, run.device, 1024, 0)
+        b, bl = extract(backbone_module, bank_set, 28, norm, run.device, 1024, 0)
+        q, ql = extract(backbone_module, query_set, 28, norm, run.device, 1024, 0)
         backbone_module.train()
         return knn_top1(b, bl, q, ql, k, t)
 

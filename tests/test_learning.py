@@ -48,12 +48,12 @@ def test_pretraining_learns_the_embedded_synthetic_shapes(tmp_path):
     run = prepare(PretrainSpec.model_validate({"method": {"name": "simclr"}, "backbone": {"name": "small_cnn"},
                                                "optim": {"epochs": 30}, "runtime": {"out": str(tmp_path / "r")}}))
     bank, queries = open_dataset("synthetic", "train"), open_dataset("synthetic", "test")
-    meta = {"normalize": {"mean": list(bank.mean), "std": list(bank.std)}, "eval_size": 32}
+    norm = {"mean": list(bank.mean), "std": list(bank.std)}
 
     def knn(backbone):
         backbone.eval()
-        b, bl = extract(backbone, bank, meta, run.device, 1000, 0)
-        q, ql = extract(backbone, queries, meta, run.device, 1000, 0)
+        b, bl = extract(backbone, bank, 32, norm, run.device, 1000, 0)
+        q, ql = extract(backbone, queries, 32, norm, run.device, 1000, 0)
         return weighted_knn(b, bl, q, ql, [20], 0.1, 10)[20]["top1"]
 
     torch.manual_seed(0)
