@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -36,18 +36,25 @@ def versions() -> dict[str, str]:
 
 
 def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """Write tensors + metadata to `path` atomically: a temp file in the same folder, fsync, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write tensors + metadata to `path` atomically (see atomic_write)."""
     header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "versions": json.dumps(versions())}
     header.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def atomic_write(path: Path, write: Callable[[str], Any], mkdir: bool = True) -> Path:
+    """Run `write(tmp)` on a temp file in `path`'s folder, fsync it, then rename it over `path`: readers and
+    crashes see the old file or the new one, never a partial one."""
+    path = Path(path)
+    if mkdir:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     try:
-        save_file(tensors, tmp, metadata=header)
+        write(tmp)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for secrets; a checkpoint is an ordinary output
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

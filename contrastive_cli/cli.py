@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -17,10 +18,10 @@ from rich.table import Table
 from . import __version__
 from .errors import UserError
 from .flags import load_config, merge, spec_command
-from .spec import KnnSpec, LinearProbeSpec, PretrainSpec
+from .spec import ExportSpec, KnnSpec, LinearProbeSpec, PretrainSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
-                  help="Self-supervised representation learning for images: pretrain → evaluate.")
+                  help="Self-supervised representation learning for images: pretrain → evaluate → export.")
 console = Console()
 errors = Console(stderr=True)
 
@@ -47,7 +48,8 @@ def user_errors(fn):
             code = getattr(err, "exit_code", 2)
             style = "yellow" if code == 130 else "red"
             title = "Stopped" if code in (3, 130) else "Error"
-            errors.print(Panel(str(err), title=title, border_style=style, title_align="left"))
+            # escaped: messages quote user paths and commands such as pip install 'contrastive[onnx]', not markup
+            errors.print(Panel(escape(str(err)), title=title, border_style=style, title_align="left"))
             raise typer.Exit(code) from None
     return wrapper
 
@@ -191,6 +193,41 @@ spec_command(app, "linear-probe", LinearProbeSpec, run_probe, extra=[CHECKPOINT,
              skip=("kind", "checkpoint"), help=(
                  "Linear classifier on the frozen backbone (eval mode, BN statistics frozen), MoCo's protocol by "
                  "default: SGD momentum 0.9, lr 30, no weight decay, x0.1 at 60% and 80% of the epochs."))
+
+
+# ---- export ---------------------------------------------------------------------------------------
+
+
+@user_errors
+def run_export(given, checkpoint, config=None, print_spec=False, as_json=False):
+    from .export import export
+    spec = eval_spec(ExportSpec, given, config, checkpoint, print_spec)
+    if print_spec:
+        return
+    with console.status("computing features" if spec.embeddings else f"exporting to {spec.format}"):
+        result = export(spec)
+    if as_json:
+        print(json.dumps(result))
+        return
+    size, norm, size_mb = result["image_size"], result["normalize"], result["bytes"] / 1e6
+    if spec.embeddings:
+        columns = ["indices"] + [name for name in ("labels", "files") if result[name]]
+        console.print(f"[bold]embeddings[/] · {escape(result['data'])} · {result['split']} · {result['images']} × "
+                      f"{result['feature_dim']} · {', '.join(columns)}"
+                      + (f" · {result['skipped_files']} unreadable files skipped" if result["skipped_files"] else ""))
+    else:
+        console.print(f"[bold]{result['backbone']} backbone[/] ({result['feature_dim']}-d) as {result['format']}")
+        console.print(f"input: float32 [N, 3, {size}, {size}] (NCHW), RGB in [0, 1] normalised as (x - mean) / std\n"
+                      f"mean {' '.join(map(str, norm['mean']))} · std {' '.join(map(str, norm['std']))}")
+    written = f"{size_mb:.1f} MB" if size_mb >= 0.1 else f"{result['bytes'] / 1e3:.1f} kB"
+    console.print(f"→ {escape(result['out'])} ({written}, {result['seconds']:.1f} s)")
+
+
+spec_command(app, "export", ExportSpec, run_export, extra=[CHECKPOINT, CONFIG, PRINT_SPEC, JSON],
+             skip=("kind", "checkpoint"), help=(
+                 "Export the backbone as safetensors weights (torchvision key names), TorchScript or ONNX, or "
+                 "with --embeddings the features of a dataset (safetensors or CSV). Artefacts carry the input "
+                 "size, normalisation and the source checkpoint's sha256 in their metadata."))
 
 
 def entrypoint():

@@ -60,7 +60,7 @@ DIGITS = [str(d) for d in range(10)]
 class ImageSet:
     name: str
     images: Optional[torch.Tensor]  # uint8 [N, C, S, S] when in memory, else None
-    files: Optional[list[str]]      # image paths when streamed from disk, else None
+    files: Optional[list[str]]      # image paths (folders), else None
     labels: Optional[torch.Tensor]  # int64 [N], None when unlabeled
     classes: Optional[list[str]]
     channels: int
@@ -70,6 +70,7 @@ class ImageSet:
     fingerprint: str
     skipped: list[str] = field(default_factory=list)
     strict: bool = False
+    index: Optional[torch.Tensor] = None  # each image's position in the whole split (after --subset); None: row i is i
 
     def __len__(self) -> int:
         return len(self.images) if self.images is not None else len(self.files)
@@ -230,7 +231,7 @@ def _open_named(name: str, split: Split, root: Path, download: bool, subset: Opt
     (mean, std) = NAMED[name][1]
     return ImageSet(name=f"{name}:{split_read}", images=images, files=None, labels=labels, classes=classes,
                     channels=images.shape[1], size=images.shape[-1], mean=mean, std=std,
-                    fingerprint=_tensor_fingerprint(images, labels))
+                    fingerprint=_tensor_fingerprint(images, labels), index=keep)
 
 
 def _load_named(name: str, split: Split, root: Path, download: bool):
@@ -403,7 +404,7 @@ def _open_folder(folder: Path, split: Split, strict: bool, subset: Optional[int]
         labels=None if labels is None else torch.tensor(labels, dtype=torch.long), classes=classes,
         channels=3, size=size, mean=IMAGENET_STATS[0], std=IMAGENET_STATS[1], strict=strict,
         fingerprint=_digest(b"folder", str(size).encode(), listing,
-                            b"" if labels is None else np.asarray(labels, np.int64).tobytes()))
+                            b"" if labels is None else np.asarray(labels, np.int64).tobytes()), index=keep)
     fits = len(streamed) <= IN_MEMORY_LIMIT and len(streamed) * 3 * size * size <= IN_MEMORY_BYTES
     return _into_memory(streamed) if fits else streamed
 
@@ -416,5 +417,9 @@ def _into_memory(streamed: ImageSet) -> ImageSet:
         parts.append(images)
         kept.append(index)
     kept = torch.cat(kept)
+    if len(kept) == len(streamed):  # nothing unreadable: rows are unchanged
+        return replace(streamed, images=torch.cat(parts))
     labels = None if streamed.labels is None else streamed.labels[kept]
-    return replace(streamed, images=torch.cat(parts), files=None, labels=labels)
+    index = kept if streamed.index is None else streamed.index[kept]
+    return replace(streamed, images=torch.cat(parts), files=[streamed.files[i] for i in kept.tolist()], labels=labels,
+                   index=index)

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 from .flags import collect
-from .spec import KnnSpec, LinearProbeSpec, PretrainSpec
+from .spec import ExportSpec, KnnSpec, LinearProbeSpec, PretrainSpec
 
 COMMANDS = [("pretrain", PretrainSpec, ("kind",)), ("knn-eval", KnnSpec, ("kind", "checkpoint")),
-            ("linear-probe", LinearProbeSpec, ("kind", "checkpoint"))]
+            ("linear-probe", LinearProbeSpec, ("kind", "checkpoint")), ("export", ExportSpec, ("kind", "checkpoint"))]
 
 
 def reference() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from .augment import center_view, crop_flip_view
 from .data import ImageSet, open_dataset
 from .errors import UserError
 from .models import build_backbone
-from .spec import EvalDataSpec, KnnSpec, LinearProbeSpec
+from .spec import DataSpec, EvalDataSpec, KnnSpec, LinearProbeSpec
 from .train import default_workers, pick_device
 
 
@@ -31,14 +32,19 @@ def load_encoder(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
     return backbone.to(device), meta
 
 
-def open_labeled(spec: EvalDataSpec, meta: dict, split: str, seed: int) -> ImageSet:
-    """The evaluation split; the pretraining data by default. Evaluations need labels."""
+def open_data(spec: DataSpec, meta: dict, split: str, seed: int, subset: Optional[int]) -> ImageSet:
+    """`split` of `spec.source`, or of the checkpoint's pretraining data (and its --data-root) when unset."""
     pre = meta["spec"]["data"]
     source = spec.source or pre["source"]
     root = spec.root or (pre["root"] if spec.source is None else None)
-    subset = spec.subset if split == "train" else spec.test_subset
-    data = open_dataset(source, split, root=root, download=spec.download, strict=spec.strict, subset=subset,
+    return open_dataset(source, split, root=root, download=spec.download, strict=spec.strict, subset=subset,
                         seed=seed, image_size=meta["image_size"])
+
+
+def open_labeled(spec: EvalDataSpec, meta: dict, split: str, seed: int) -> ImageSet:
+    """The evaluation split; the pretraining data by default. Evaluations need labels."""
+    data = open_data(spec, meta, split, seed, spec.subset if split == "train" else spec.test_subset)
+    source = spec.source or meta["spec"]["data"]["source"]
     if data.labels is None:
         raise UserError(f"The dataset {source} has no labels ({split} split), and evaluation needs them",
                         "pass --data with a labeled dataset: a folder of class subfolders, an ImageNet-style "
@@ -47,15 +53,19 @@ def open_labeled(spec: EvalDataSpec, meta: dict, split: str, seed: int) -> Image
 
 
 @torch.no_grad()
+def feature_batches(backbone: nn.Module, data: ImageSet, size: int, norm: dict, device: torch.device,
+                    batch_size: int, workers: int) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]]:
+    """(pooled backbone features on the CPU, labels or None, row indices) per batch, in dataset order, of the
+    centre view (side `size`, normalised with the checkpoint's `norm` {mean, std}); unreadable files are skipped."""
+    for x, y, index in data.batches(torch.arange(len(data)), batch_size, workers=workers):
+        view = center_view(x.to(device, non_blocking=True), size, norm["mean"], norm["std"])
+        yield backbone(view).float().cpu(), y, index
+
+
 def extract(backbone: nn.Module, data: ImageSet, size: int, norm: dict, device: torch.device, batch_size: int,
             workers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled backbone features of the centre view (side `size`, normalised with the checkpoint's `norm`
-    {mean, std}) of every image, on the CPU, with their labels."""
-    feats, labels = [], []
-    for x, y, _ in data.batches(torch.arange(len(data)), batch_size, workers=workers):
-        view = center_view(x.to(device, non_blocking=True), size, norm["mean"], norm["std"])
-        feats.append(backbone(view).float().cpu())
-        labels.append(y)
+    """Features of every (readable) image of a labeled set, with their labels (see feature_batches)."""
+    feats, labels, _ = zip(*feature_batches(backbone, data, size, norm, device, batch_size, workers))
     return torch.cat(feats), torch.cat(labels)
 
 

@@ -36,6 +36,7 @@ class Flag:
     default: str  # shown in help and docs
     choices: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()  # for method fields: the methods that have this field
+    panel: str = ""  # a field's own section title (json_schema_extra={"section": ...}), else by spec path
 
     @property
     def param(self) -> str:
@@ -43,7 +44,7 @@ class Flag:
 
     @property
     def section(self) -> str:
-        return SECTIONS.get(self.path[0] if len(self.path) > 1 else "", "Evaluation")
+        return self.panel or SECTIONS.get(self.path[0] if len(self.path) > 1 else "", "Evaluation")
 
 
 def _unwrap(annotation) -> tuple[Any, tuple[str, ...]]:
@@ -104,7 +105,8 @@ def collect(model: type[BaseModel], prefix: tuple[str, ...] = (), skip: tuple[st
         default = _default_text(field)
         if default == "recipe" and path[0] not in ("method", "optim", "augment"):
             default = "" if "[default:" in help_ else "unset"
-        flags.append(Flag(path, extra.get("flag", "--" + name.replace("_", "-")), kind, help_, default, choices))
+        flags.append(Flag(path, extra.get("flag", "--" + name.replace("_", "-")), kind, help_, default, choices,
+                          panel=extra.get("section", "")))
     return flags
 
 

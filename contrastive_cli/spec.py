@@ -281,6 +281,53 @@ class LinearProbeSpec(Spec):
     runtime: EvalRuntimeSpec = Field(default_factory=EvalRuntimeSpec)
 
 
+class ExportDataSpec(DataSpec):
+    source: Optional[str] = Field(None, json_schema_extra=flag("--data"), description=(
+        "With --embeddings: the dataset to compute features of [default: the checkpoint's pretraining data]; "
+        "same forms as pretrain's --data. Unlabeled folders are fine."))
+    split: Literal["train", "test"] = Field("train", description=(
+        "With --embeddings: which split of --data to compute features of."))
+    subset: Optional[int] = Field(None, ge=1, description=(
+        "With --embeddings: a seeded random subset of N images of the split."))
+    image_size: Optional[int] = Field(None, ge=8, le=1024, description=(
+        "With --embeddings: side of the centre view in pixels [default: the checkpoint's image size]."))
+
+    _not_empty = field_validator("source")(EvalDataSpec._not_empty.__func__)
+
+
+EXPORT_FORMATS = ("safetensors", "torchscript", "onnx", "csv")
+EXPORT = {"section": "Export"}  # the --help panel and docs section of the export options
+
+
+class ExportSpec(Spec):
+    kind: Literal["export"] = "export"
+    checkpoint: Path = Field(..., description="Checkpoint (.safetensors) whose backbone is exported.")
+    format: Literal[EXPORT_FORMATS] = Field("safetensors", json_schema_extra=EXPORT, description=(
+        "Backbone: 'safetensors' (weights with torchvision key names), 'torchscript' or 'onnx' (dynamic batch "
+        "axis). With --embeddings: 'safetensors' or 'csv'."))
+    embeddings: bool = Field(False, json_schema_extra=EXPORT, description=(
+        "Write the backbone features of a dataset (--data, --split) instead of the backbone."))
+    out: Optional[Path] = Field(None, json_schema_extra=EXPORT, description=(
+        "Output file [default: next to the checkpoint: <stem>.backbone.safetensors, <stem>.torchscript.pt, "
+        "<stem>.onnx, or <stem>.embeddings.<split>.safetensors / .csv]."))
+    data: ExportDataSpec = Field(default_factory=ExportDataSpec)
+    runtime: EvalRuntimeSpec = Field(default_factory=EvalRuntimeSpec)
+
+    @model_validator(mode="after")
+    def _format_fits(self) -> "ExportSpec":
+        if self.embeddings and self.format not in ("safetensors", "csv"):
+            raise ValueError(f"--embeddings writes 'safetensors' or 'csv', not {self.format!r}; "
+                             "drop --format or pass one of those")
+        if not self.embeddings and self.format == "csv":
+            raise ValueError("--format csv is for --embeddings; a backbone exports as safetensors, torchscript or onnx")
+        if not self.embeddings and self.data.model_fields_set:
+            flags = sorted({"source": "--data", "root": "--data-root"}.get(k, "--" + k.replace("_", "-"))
+                           for k in self.data.model_fields_set)
+            raise ValueError(f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} only to --embeddings; "
+                             "add --embeddings or drop them")
+        return self
+
+
 def format_validation_error(err: ValidationError, flag_of: dict[tuple, str] | None = None) -> list[str]:
     """One line per problem: 'optim.lr (--lr): Input should be greater than 0 (got -1)'."""
     lines = []

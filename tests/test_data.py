@@ -47,7 +47,8 @@ def test_image_folder_labels_and_classes(tmp_path):
     assert train.classes == test.classes == ["cats", "dogs"]
     assert len(train) + len(test) == 40 and 0 < len(test) < 10  # ~10% held out, disjoint
     assert train.images.shape == (len(train), 3, 32, 32) and train.images.dtype == torch.uint8
-    assert train.channels == 3 and train.size == 32 and train.files is None
+    assert train.channels == 3 and train.size == 32 and train.index is None
+    assert [Path(f).parent.name for f in train.files] == [train.classes[y] for y in train.labels]  # paths are kept
     for part in (train, test):  # red images are cats, blue ones dogs
         red = part.images[:, 0].float().mean((1, 2)) > part.images[:, 2].float().mean((1, 2))
         assert torch.equal(part.labels, (~red).long())
@@ -101,6 +102,7 @@ def test_corrupt_file_skipped_or_strict(tmp_path, monkeypatch):
     bad.write_bytes(b"\xff\xd8 definitely not a jpeg")
     images = open_dataset(str(root), "pretrain", image_size=16)
     assert len(images) == 5 and images.skipped == [str(bad)]
+    assert str(bad) not in images.files and images.index.tolist() == [1, 2, 3, 4, 5]  # rows -> listing positions
     with pytest.raises(UserError, match="broken.jpg"):
         open_dataset(str(root), "pretrain", image_size=16, strict=True)
 
@@ -204,6 +206,8 @@ def test_subset_is_seeded(tmp_path):
     assert not torch.equal(first.images, other.images) and first.fingerprint != other.fingerprint
     assert len(open_dataset("synthetic", "test", subset=5000)) == 1000  # larger than the set: all of it
     assert len(open_dataset(str(flat_folder(tmp_path)), "pretrain", subset=4, image_size=8)) == 4
+    whole = open_dataset("synthetic", "train")
+    assert torch.equal(whole.images[first.index], first.images) and whole.index is None  # subset rows -> positions
 
 
 # ---------------------------------------------------------------- batches and fingerprints
