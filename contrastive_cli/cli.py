@@ -246,9 +246,10 @@ def print_inspection(result: dict, sparkline) -> None:
     table.add_row("verdict", *(f"[{colour[r['verdict']]}]{r['verdict']}[/]" for r in reps.values()))
     console.print(table)
     for name, r in reps.items():
-        console.print(f"{name:>9} spectrum  {sparkline(r['spectrum'])}  (log eigenvalues, largest first)")
+        console.print(f"{name:>9} spectrum  {sparkline(r['spectrum'])}  (log eigenvalues, largest first)", overflow="ellipsis", no_wrap=True)
+    named = [(n, r) for n, r in reps.items() if r["verdict"] == result["verdict"]]
     console.print(f"[bold {colour[result['verdict']]}]{result['verdict']}[/]: " +
-                  "; ".join(f"{name}: {r['reason']}" for name, r in reps.items()))
+                  "; ".join(f"{name}: {r['reason']}" for name, r in named))
     console.print(f"report {result['report']} · spectrum plot {result['plot']}")
 
 

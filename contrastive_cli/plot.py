@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 W, H, MARGIN = 460, 340, (62, 20, 34, 46)  # panel size; left, right, top, bottom margins
 FLOOR = -12.0  # log10 of eigenvalues at or below 1e-12 (numerically zero)
@@ -16,6 +16,10 @@ COLOURS = {"backbone": (31, 119, 180), "projector": (214, 39, 40)}
 def spectrum_plot(spectra: dict[str, list[float]], path: Path, title: str = "") -> None:
     image = Image.new("RGB", (W * len(spectra), H + 24), "white")
     draw = ImageDraw.Draw(image)
+    try:  # Pillow's bundled scalable font (Pillow >= 10.1); the older bitmap font otherwise
+        draw.font = ImageFont.load_default(size=12)
+    except TypeError:
+        pass
     draw.text((8, 4), title, fill="black")
     for i, (name, values) in enumerate(spectra.items()):
         _panel(draw, i * W, 24, name, values)

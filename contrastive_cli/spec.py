@@ -148,14 +148,14 @@ class RuntimeSpec(Spec):
 class CollapseThresholds(Spec):
     """When embeddings count as collapsed (docs/inspect-collapse.md); shared by inspect-collapse and the monitor."""
 
-    complete_std: float = Field(0.02, gt=0, description=(
+    complete_std: float = Field(0.2, gt=0, description=(
         "Complete collapse below this std of l2-normalised embeddings, as a fraction of the healthy 1/sqrt(d)."))
-    min_rank_share: float = Field(0.02, gt=0, le=1, description=(
+    min_rank_share: float = Field(0.03, gt=0, le=1, description=(
         "Dimensional collapse below this effective rank (RankMe), as a fraction of min(images, d)."))
 
 
 class MonitorSpec(CollapseThresholds):
-    images: int = Field(512, ge=0, json_schema_extra=flag("--monitor-images"), description=(
+    images: int = Field(2048, ge=0, json_schema_extra=flag("--monitor-images"), description=(
         "Collapse monitor: every epoch, the std of normalised embeddings and the effective rank of the backbone "
         "and projector outputs on a fixed batch of this many images (0: off)."))
     stop_on_collapse: bool = Field(False, description=(

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import needs_fashion_mnist
 from contrastive_cli import collapse
 from contrastive_cli.cli import app
 from contrastive_cli.spec import PretrainSpec
@@ -103,8 +104,8 @@ def four_channels(backbone):
     last_bn.bias[4:] = 0
 
 
-def inspect(path, *flags):
-    result = runner.invoke(app, ["inspect-collapse", str(path), "--images", "256", "--json", *flags])
+def inspect(path, *flags, images=256):
+    result = runner.invoke(app, ["inspect-collapse", str(path), "--images", str(images), "--json", *flags])
     return result, (json.loads(result.output) if result.exit_code in (0, 1) else None)
 
 
@@ -190,3 +191,35 @@ def test_cli_warns_visibly_on_collapse(tmp_path):
                                  "--min-rank-share", "1.0", "--stop-on-collapse", "--out", str(tmp_path / "run")])
     assert result.exit_code == 4, result.output
     assert "Collapse" in result.output and "dimensional collapse after epoch 1" in result.output
+
+
+# ---- real runs that the literature says collapse -----------------------------------------------------------
+
+# SimSiam (Chen & He 2021, Sec. 4.1 and Table 1): without stop-gradient, or without the predictor, it collapses;
+# BYOL (Grill et al. 2020, Table 5) collapses without its predictor. Two epochs of a 10k-image Fashion-MNIST
+# subset with the small CNN (about a minute each) are enough for the monitor to see it after epoch 1; the same
+# budget with the recipe (predictor and stop-gradient on) stays healthy, and so do the 15-epoch runs of every
+# method in test_learning.py.
+ABLATIONS = [("simsiam", {"stop_gradient": False}), ("simsiam", {"predictor": False}), ("byol", {"predictor": False}),
+             ("simsiam", {}), ("byol", {})]
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+@pytest.mark.parametrize("method, ablation", ABLATIONS, ids=["simsiam-no-stop-gradient", "simsiam-no-predictor",
+                                                              "byol-no-predictor", "simsiam-recipe", "byol-recipe"])
+def test_ablations_the_papers_report_as_collapsing_are_flagged(method, ablation, tmp_path):
+    run = prepare(PretrainSpec.model_validate({
+        "method": {"name": method, **ablation}, "backbone": {"name": "small_cnn"},
+        "data": {"source": "fashion-mnist", "subset": 10000}, "augment": {"crop_scale": (0.2, 1.0)},
+        "optim": {"epochs": 2, **({"lr": 0.2} if method == "simsiam" else {})},
+        "runtime": {"out": str(tmp_path / "run")}}))
+    train(run)
+    monitor = [r["collapse"] for r in map(json.loads, (run.dir / "metrics.jsonl").read_text().splitlines())
+               if r.get("type") == "epoch"]
+    _, report = inspect(run.checkpoint_path, images=2048)
+    print(f"\n{method} {ablation}: monitor {[m['verdict'] for m in monitor]} {monitor[-1]}; inspect {report['verdict']}: "
+          + "; ".join(f"{n}: {r['reason']}" for n, r in report["representations"].items()))
+    expected_healthy = not ablation
+    assert all((m["verdict"] == collapse.HEALTHY) == expected_healthy for m in monitor), monitor
+    assert (report["verdict"] == collapse.HEALTHY) == expected_healthy, report["verdict"]
