@@ -18,7 +18,7 @@ from rich.table import Table
 from . import __version__
 from .errors import UserError
 from .flags import load_config, merge, spec_command
-from .spec import ExportSpec, KnnSpec, LinearProbeSpec, PretrainSpec
+from .spec import ExportSpec, InspectSpec, KnnSpec, LinearProbeSpec, PretrainSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Self-supervised representation learning for images: pretrain → evaluate → export.")
@@ -85,6 +85,18 @@ class TrainProgress:
         self.bar.update(self.task, completed=record["step"], epoch=record["epoch"], loss=record["loss"],
                         lr=record["lr"], ips=images_per_s)
 
+    def epoch(self, run, stats):
+        """One line per epoch with the collapse monitor's figures; a visible warning on collapse."""
+        c = stats.get("collapse")
+        if c is None:
+            return
+        figures = "  ".join(f"{name} std×√d {r['std_ratio']:.2f} rank {r['rank']:.0f}"
+                            for name, r in c.items() if isinstance(r, dict))
+        console.print(f"epoch {stats['epoch']}: loss {stats['loss']:.4f}  {stats['images_per_s']:.0f} img/s  {figures}")
+        if c["verdict"] != "healthy":
+            console.print(Panel(f"{c['verdict']} after epoch {stats['epoch']}: {c['reason']}", title="Collapse",
+                                border_style="yellow", title_align="left"))
+
 
 RESUMABLE = {("runtime", "device"), ("runtime", "workers"), ("runtime", "amp")}
 
@@ -111,7 +123,7 @@ def run_pretrain(given, config=None, print_spec=False, resume=None):
         console.print(f"resuming at step {run.step} of {run.total_steps}")
     progress = TrainProgress(run.total_steps, run.step)
     with progress.bar:
-        stats = train(run, progress)
+        stats = train(run, progress, on_epoch=progress.epoch)
     skipped = f", {len(run.data.skipped)} unreadable files skipped" if run.data.skipped else ""
     console.print(f"done: loss {stats.get('loss', float('nan')):.4f}, {stats.get('images_per_s', 0):.0f} img/s"
                   f"{skipped} → {run.checkpoint_path}")
@@ -193,6 +205,61 @@ spec_command(app, "linear-probe", LinearProbeSpec, run_probe, extra=[CHECKPOINT,
              skip=("kind", "checkpoint"), help=(
                  "Linear classifier on the frozen backbone (eval mode, BN statistics frozen), MoCo's protocol by "
                  "default: SGD momentum 0.9, lr 30, no weight decay, x0.1 at 60% and 80% of the epochs."))
+
+
+# ---- inspect-collapse -----------------------------------------------------------------------------
+
+
+@user_errors
+def run_inspect(given, checkpoint, config=None, print_spec=False, as_json=False):
+    from .collapse import HEALTHY, inspect_collapse, sparkline
+    spec = eval_spec(InspectSpec, given, config, checkpoint, print_spec)
+    if print_spec:
+        return
+    with console.status("embedding centre views and augmented pairs"):
+        result = inspect_collapse(spec)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print_inspection(result, sparkline)
+    if spec.fail_on_collapse and result["verdict"] != HEALTHY:
+        raise typer.Exit(1)
+
+
+def print_inspection(result: dict, sparkline) -> None:
+    reps = result["representations"]
+    console.print(f"[bold]inspect-collapse[/] · {result['method'] or ''} · {result['backbone']} · {result['data']} · "
+                  f"{result['images']} images")
+    table = Table()
+    table.add_column("")
+    for name, r in reps.items():
+        table.add_column(f"{name} ({r['dim']}-d)", justify="right")
+    rows = [("std of z/|z|  (healthy 1/√d)", lambda r: f"{r['std']:.4f}  ({r['healthy_std']:.4f})"),
+            ("effective rank (RankMe)", lambda r: f"{r['rank']:.1f} / {r['rank_max']}"),
+            ("dims for 99% of variance", lambda r: str(r["dims_99"])),
+            ("alignment (lower better)", lambda r: f"{r['alignment']:.3f}"),
+            ("uniformity (lower better)", lambda r: f"{r['uniformity']:.3f}"),
+            ("cosine: positive / other pairs", lambda r: f"{r['positive_cosine']:.3f} / {r['negative_cosine']:.3f}")]
+    if all("knn_agreement" in r for r in reps.values()):
+        rows.append(("10-NN label agreement (chance)", lambda r: f"{r['knn_agreement']:.3f} ({r['knn_chance']:.3f})"))
+    for label, cell in rows:
+        table.add_row(label, *(cell(r) for r in reps.values()))
+    colour = {"healthy": "green", "dimensional collapse": "yellow", "complete collapse": "red"}
+    table.add_row("verdict", *(f"[{colour[r['verdict']]}]{r['verdict']}[/]" for r in reps.values()))
+    console.print(table)
+    for name, r in reps.items():
+        console.print(f"{name:>9} spectrum  {sparkline(r['spectrum'])}  (log eigenvalues, largest first)", overflow="ellipsis", no_wrap=True)
+    named = [(n, r) for n, r in reps.items() if r["verdict"] == result["verdict"]]
+    console.print(f"[bold {colour[result['verdict']]}]{result['verdict']}[/]: " +
+                  "; ".join(f"{name}: {r['reason']}" for name, r in named))
+    console.print(f"report {result['report']} · spectrum plot {result['plot']}")
+
+
+spec_command(app, "inspect-collapse", InspectSpec, run_inspect, extra=[CHECKPOINT, CONFIG, PRINT_SPEC, JSON],
+             skip=("kind", "checkpoint"), help=(
+                 "Did the encoder collapse? Std of normalised embeddings vs 1/sqrt(d), effective rank, covariance "
+                 "spectrum, alignment/uniformity, positive vs other cosines and kNN label agreement, for the backbone "
+                 "and projector outputs; a verdict with its numbers, a JSON report and a PNG of the spectrum."))
 
 
 # ---- export ---------------------------------------------------------------------------------------

@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 from .flags import collect
-from .spec import ExportSpec, KnnSpec, LinearProbeSpec, PretrainSpec
+from .spec import ExportSpec, InspectSpec, KnnSpec, LinearProbeSpec, PretrainSpec
 
 COMMANDS = [("pretrain", PretrainSpec, ("kind",)), ("knn-eval", KnnSpec, ("kind", "checkpoint")),
-            ("linear-probe", LinearProbeSpec, ("kind", "checkpoint")), ("export", ExportSpec, ("kind", "checkpoint"))]
+            ("linear-probe", LinearProbeSpec, ("kind", "checkpoint")),
+            ("inspect-collapse", InspectSpec, ("kind", "checkpoint")), ("export", ExportSpec, ("kind", "checkpoint"))]
 
 
 def reference() -> str:

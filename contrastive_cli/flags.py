@@ -98,6 +98,8 @@ def collect(model: type[BaseModel], prefix: tuple[str, ...] = (), skip: tuple[st
             flags.extend(collect(sub, path))
             continue
         extra = field.json_schema_extra or {}
+        if "flag" in extra and extra["flag"] is None:  # inherited field that this command does not use
+            continue
         kind, choices = _unwrap(field.annotation)
         help_ = field.description or ""
         if choices:

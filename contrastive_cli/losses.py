@@ -48,9 +48,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, distributed:
     return F.cross_entropy(logits, target)
 
 
-def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """SimSiam's D(p, z) = -cos(p, stopgrad(z)), averaged over the batch."""
-    return -F.cosine_similarity(p, z.detach(), dim=1).mean()
+def negative_cosine(p: torch.Tensor, z: torch.Tensor, stop_gradient: bool = True) -> torch.Tensor:
+    """SimSiam's D(p, z) = -cos(p, stopgrad(z)), averaged over the batch (stop_gradient=False: the ablation)."""
+    return -F.cosine_similarity(p, z.detach() if stop_gradient else z, dim=1).mean()
 
 
 def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

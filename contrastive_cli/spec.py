@@ -145,11 +145,34 @@ class RuntimeSpec(Spec):
         return v
 
 
+class CollapseThresholds(Spec):
+    """When embeddings count as collapsed (docs/inspect-collapse.md); shared by inspect-collapse and the monitor."""
+
+    complete_std: float = Field(0.2, gt=0, description=(
+        "Complete collapse below this std of l2-normalised embeddings, as a fraction of the healthy 1/sqrt(d)."))
+    min_rank_share: float = Field(0.03, gt=0, le=1, description=(
+        "Dimensional collapse below this effective rank (RankMe), as a fraction of min(images, d)."))
+
+
+class MonitorSpec(CollapseThresholds):
+    images: int = Field(2048, ge=0, json_schema_extra=flag("--monitor-images"), description=(
+        "Collapse monitor: every epoch, the std of normalised embeddings and the effective rank of the backbone "
+        "and projector outputs on a fixed batch of this many images (0: off)."))
+    stop_on_collapse: bool = Field(False, description=(
+        "End the run, with a checkpoint, when the monitor sees collapse (exit code 4)."))
+
+
 # ---- methods: one sub-spec each, fields default to None where the recipe depends on image size ----
 
 Temperature = Annotated[float, Field(gt=0)]
 TEMPERATURE = "Softmax temperature of the contrastive loss."
 Dim = Annotated[int, Field(ge=1)]
+HeadNorm = Literal["bn", "ln", "none"]
+# Ablation knobs of the non-contrastive methods: the paper recipe is the default; turning one off reproduces the
+# collapse the papers report (docs/inspect-collapse.md).
+PREDICTOR = "Ablation: use the predictor MLP (off: the online projection regresses the target directly, which collapses)."
+PROJ_NORM = "Ablation: normalisation in the projector MLP: bn (recipe), ln or none."
+PRED_NORM = "Ablation: normalisation in the predictor MLP's hidden layer: bn (recipe), ln or none."
 
 
 class SimCLRSpec(Spec):
@@ -181,6 +204,9 @@ class BYOLSpec(Spec):
     pred_hidden_dim: Dim = Field(4096, description="Hidden width of the predictor MLP.")
     momentum: Optional[float] = Field(None, ge=0, le=1, description=(
         "Momentum-encoder EMA coefficient (BYOL: the base value of its cosine schedule)."))
+    predictor: bool = Field(True, description=PREDICTOR)
+    proj_norm: HeadNorm = Field("bn", description=PROJ_NORM)
+    pred_norm: HeadNorm = Field("bn", description=PRED_NORM)
 
 
 class SimSiamSpec(Spec):
@@ -191,6 +217,11 @@ class SimSiamSpec(Spec):
     proj_layers: Optional[Annotated[int, Field(ge=1)]] = Field(None, description=(
         "SimSiam: number of Linear layers in the projector (3 on ImageNet, 2 for small images)."))
     fix_pred_lr: bool = Field(True, description="SimSiam: keep the predictor's lr constant (not decayed).")
+    stop_gradient: bool = Field(True, description=(
+        "SimSiam ablation: stop the gradient through the target branch (off: the paper's collapsing variant)."))
+    predictor: bool = Field(True, description=PREDICTOR)
+    proj_norm: HeadNorm = Field("bn", description=PROJ_NORM)
+    pred_norm: HeadNorm = Field("bn", description=PRED_NORM)
 
 
 MethodSpec = Annotated[Union[SimCLRSpec, MoCoV2Spec, BYOLSpec, SimSiamSpec], Field(discriminator="name")]
@@ -206,6 +237,7 @@ class PretrainSpec(Spec):
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    monitor: MonitorSpec = Field(default_factory=MonitorSpec)
 
     @model_validator(mode="after")
     def _queue_fits_batch(self) -> "PretrainSpec":
@@ -252,6 +284,25 @@ class KnnSpec(Spec):
         "Number of neighbours; repeat the flag to evaluate several k at once."))
     temperature: float = Field(0.1, gt=0, json_schema_extra=flag("--temperature"), description=(
         "Temperature T of the vote weights exp(similarity / T)."))
+    runtime: EvalRuntimeSpec = Field(default_factory=EvalRuntimeSpec)
+
+
+class InspectDataSpec(EvalDataSpec):
+    subset: Optional[int] = Field(2048, ge=2, json_schema_extra=flag("--images"), description=(
+        "Number of images inspected (a seeded random subset of the test split, or of the whole dataset when it "
+        "has none)."))
+    test_subset: Optional[int] = Field(None, exclude=True, json_schema_extra={"flag": None})
+
+
+class InspectSpec(Spec):
+    kind: Literal["inspect-collapse"] = "inspect-collapse"
+    checkpoint: Path = Field(..., description="Checkpoint (.safetensors).")
+    data: InspectDataSpec = Field(default_factory=InspectDataSpec)
+    thresholds: CollapseThresholds = Field(default_factory=CollapseThresholds)
+    fail_on_collapse: bool = Field(False, description="Exit with code 1 when any representation collapsed.")
+    report: Optional[Path] = Field(None, description=(
+        "Where to write the JSON report; the spectrum plot goes next to it as .png "
+        "[default: <checkpoint>.collapse.json]."))
     runtime: EvalRuntimeSpec = Field(default_factory=EvalRuntimeSpec)
 
 

@@ -249,10 +249,42 @@ def write_spec(run: Run) -> None:
     (run.dir / "spec.json").write_text(json.dumps(run.spec.model_dump(mode="json"), indent=2) + "\n")
 
 
-def train(run: Run, progress=None, on_step: Optional[Callable[[Run, dict], None]] = None) -> dict:
-    """Train from run.step to the end; returns the last epoch's metrics. Raises TrainingStopped on Ctrl-C / NaN."""
+class CollapseMonitor:
+    """Each epoch: std of normalised embeddings and effective rank of the backbone and projector outputs on a fixed
+    batch of pretraining images (centre views, eval mode, so training state and RNG are untouched)."""
+
+    def __init__(self, run: Run):
+        from .augment import center_view
+        m = run.spec.monitor
+        pick = torch.randperm(len(run.data), generator=torch.Generator().manual_seed(run.spec.runtime.seed + 17))
+        x, _, _ = next(run.data.batches(pick[:m.images].sort().values, m.images, workers=0))
+        self.views = center_view(x.to(run.device), run.spec.data.image_size, run.data.mean, run.data.std)
+        self.thresholds = (m.complete_std, m.min_rank_share)
+
+    @torch.no_grad()
+    def __call__(self, method: Method) -> dict:
+        from .collapse import judge, worst, cheap_stats
+        method.eval()
+        h = method.backbone(self.views)
+        embeddings = {"backbone": h}
+        if isinstance(getattr(method, "projector", None), torch.nn.Module):
+            embeddings["projector"] = method.projector(h)
+        method.train()
+        stats = {name: cheap_stats(z) for name, z in embeddings.items()}
+        verdicts = {name: judge(st, *self.thresholds) for name, st in stats.items()}
+        verdict = worst(v for v, _ in verdicts.values())
+        reason = "; ".join(f"{name}: {why}" for name, (v, why) in verdicts.items() if v == verdict)
+        return {"verdict": verdict, "reason": reason, **{name: {k: round(st[k], 4) for k in ("std_ratio", "rank", "rank_share")}
+                                                         for name, st in stats.items()}}
+
+
+def train(run: Run, progress=None, on_step: Optional[Callable[[Run, dict], None]] = None,
+          on_epoch: Optional[Callable[[Run, dict], None]] = None) -> dict:
+    """Train from run.step to the end; returns the last epoch's metrics. Raises TrainingStopped on Ctrl-C, NaN or,
+    with --stop-on-collapse, a collapse seen by the monitor."""
     s, method, device = run.spec, run.method, run.device
     write_spec(run)
+    monitor = CollapseMonitor(run) if s.monitor.images else None
     views = method.views(s.augment, s.data.image_size, run.data.mean, run.data.std)
     generator = torch.Generator(device=device)
     warmup = round(s.optim.warmup_epochs * run.steps_per_epoch)
@@ -309,9 +341,22 @@ def train(run: Run, progress=None, on_step: Optional[Callable[[Run, dict], None]
             epoch_stats = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)),
                            "images_per_s": images / elapsed, "data_wait_share": wait / elapsed,
                            "seconds": elapsed, "skipped_files": len(run.data.skipped)}
+            if monitor is not None:
+                epoch_stats["collapse"] = monitor(method)
             run.last_metrics = epoch_stats
             metrics_file.write(json.dumps({"type": "epoch", **epoch_stats}) + "\n")
             metrics_file.flush()
-            if (epoch + 1) % s.runtime.checkpoint_every == 0 or run.step >= run.total_steps:
+            if on_epoch is not None:
+                on_epoch(run, epoch_stats)
+            collapsed = monitor is not None and epoch_stats["collapse"]["verdict"] != "healthy"
+            if (epoch + 1) % s.runtime.checkpoint_every == 0 or run.step >= run.total_steps or (
+                    collapsed and s.monitor.stop_on_collapse):
                 run.save()
+            if collapsed and s.monitor.stop_on_collapse:
+                c = epoch_stats["collapse"]
+                raise TrainingStopped(f"The collapse monitor saw {c['verdict']} after epoch {epoch + 1} ({c['reason']}); "
+                                      f"training stopped with a checkpoint at {run.checkpoint_path}",
+                                      "see docs/inspect-collapse.md for the usual causes (a missing predictor or "
+                                      "stop-gradient, no batch norm in the heads, too high an lr); inspect it with "
+                                      f"contrastive inspect-collapse {run.dir}", exit_code=4)
     return epoch_stats

@@ -8,9 +8,10 @@ from ..models import Layer, mlp
 from .base import Method, cosine_momentum, momentum_copy
 
 
-def byol_mlp(in_dim: int, hidden: int, out: int):
-    # deepmind-research byol: Linear(bias) → BN → ReLU → Linear(no bias), for projector and predictor alike
-    return mlp(in_dim, [Layer(hidden, True, "bn", True), Layer(out, False)])
+def byol_mlp(in_dim: int, hidden: int, out: int, norm: str = "bn"):
+    # deepmind-research byol: Linear(bias) → BN → ReLU → Linear(no bias), for projector and predictor alike;
+    # `norm` is the ablation knob (ln / none) of the batch-norm debate (../shared/protocols.md §6)
+    return mlp(in_dim, [Layer(hidden, True, None if norm == "none" else norm, True), Layer(out, False)])
 
 
 class BYOL(Method):
@@ -29,8 +30,10 @@ class BYOL(Method):
 
     def __init__(self, spec, backbone, feature_dim):
         super().__init__(spec, backbone, feature_dim)
-        self.projector = byol_mlp(feature_dim, spec.proj_hidden_dim, spec.proj_dim)
-        self.predictor = byol_mlp(spec.proj_dim, spec.pred_hidden_dim, spec.proj_dim)
+        self.projector = byol_mlp(feature_dim, spec.proj_hidden_dim, spec.proj_dim, spec.proj_norm)
+        # without a predictor the online projection regresses the target's directly: the paper's collapsing ablation
+        self.predictor = (byol_mlp(spec.proj_dim, spec.pred_hidden_dim, spec.proj_dim, spec.pred_norm)
+                          if spec.predictor else torch.nn.Identity())
         self.target_backbone = momentum_copy(backbone)
         self.target_projector = momentum_copy(self.projector)
 

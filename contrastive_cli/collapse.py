@@ -1,0 +1,238 @@
+"""Collapse diagnostics (../shared/protocols.md §5): are an encoder's embeddings near-constant (complete collapse)
+or confined to a few directions (dimensional collapse)? `inspect-collapse` computes all of them on N images; the
+pretraining monitor computes the two cheap ones (std of normalised embeddings, effective rank) every epoch."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+HEALTHY = "healthy"
+DIMENSIONAL = "dimensional collapse"
+COMPLETE = "complete collapse"
+SEVERITY = {HEALTHY: 0, DIMENSIONAL: 1, COMPLETE: 2}
+
+
+def normalized(z: torch.Tensor) -> torch.Tensor:
+    return F.normalize(z.float(), dim=1)
+
+
+def std_of_normalized(z: torch.Tensor) -> float:
+    """SimSiam's collapse indicator: mean over dimensions of the std over samples of z/‖z‖; 1/√d is healthy
+    (an isotropic Gaussian), 0 is a constant output."""
+    return normalized(z).std(dim=0).mean().item()
+
+
+def rankme(z: torch.Tensor, eps: float = 1e-7) -> float:
+    """RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values of the N×d embeddings,
+    between 1 and min(N, d)."""
+    s = torch.linalg.svdvals(z.double())
+    p = s / s.sum().clamp_min(1e-300) + eps
+    return math.exp(-(p * p.log()).sum().item())
+
+
+def covariance_spectrum(z: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues, largest first, of the d×d covariance of the l2-normalised embeddings (Jing et al. 2022): a
+    tail of values near zero marks collapsed dimensions; isotropic embeddings give 1/d each."""
+    zn = normalized(z).double()
+    cov = torch.cov(zn.T) if len(zn) > 1 else torch.zeros(zn.shape[1], zn.shape[1], dtype=zn.dtype)
+    return torch.linalg.svdvals(cov.reshape(zn.shape[1], zn.shape[1])).float()
+
+
+def dims_for_variance(spectrum: torch.Tensor, share: float = 0.99) -> int:
+    """How many of the largest covariance eigenvalues hold `share` of the variance (0 for a constant output)."""
+    total = spectrum.sum()
+    if total <= 0:
+        return 0
+    return int((spectrum.cumsum(0) / total < share).sum().item()) + 1
+
+
+def alignment(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 2) -> float:
+    """Wang & Isola: E‖f(x) − f(y)‖^α over positive pairs of normalised embeddings; lower is better."""
+    return (normalized(z1) - normalized(z2)).norm(dim=1).pow(alpha).mean().item()
+
+
+def uniformity(z: torch.Tensor, t: float = 2) -> float:
+    """Wang & Isola: log E exp(−t‖f_i − f_j‖²) over all pairs i<j; more negative is better, collapse gives 0."""
+    return torch.pdist(normalized(z).double()).pow(2).mul(-t).exp().mean().log().item()
+
+
+def pair_cosines(z1: torch.Tensor, z2: torch.Tensor) -> tuple[float, float]:
+    """Mean cosine of positive pairs (two views of one image) and of all other pairs; both near 1 in collapse."""
+    sim = normalized(z1) @ normalized(z2).T
+    n = len(sim)
+    positive = sim.diagonal().mean().item()
+    negative = ((sim.sum() - sim.diagonal().sum()) / max(1, n * n - n)).item()
+    return positive, negative
+
+
+def knn_agreement(z: torch.Tensor, labels: torch.Tensor, k: int = 10) -> tuple[float, float]:
+    """Share of each image's k nearest neighbours (cosine, itself excluded) that have its label, and the share a
+    label-blind embedding would get (the sum of squared class frequencies)."""
+    zn = normalized(z)
+    k = min(k, len(zn) - 1)
+    agree = 0.0
+    for start in range(0, len(zn), 1024):
+        sim = zn[start:start + 1024] @ zn.T
+        sim[torch.arange(len(sim)), torch.arange(start, start + len(sim))] = -2.0
+        neighbours = sim.topk(k, dim=1).indices
+        agree += (labels[neighbours] == labels[start:start + len(sim), None]).float().sum().item()
+    freq = torch.bincount(labels).float() / len(labels)
+    return agree / (len(zn) * k), (freq ** 2).sum().item()
+
+
+def cheap_stats(z: torch.Tensor) -> dict:
+    """The monitor's statistics: std of normalised embeddings (with its ratio to 1/√d) and effective rank."""
+    n, d = z.shape
+    std = std_of_normalized(z)
+    rank = rankme(z)
+    return {"dim": d, "std": std, "std_ratio": std * math.sqrt(d), "rank": rank, "rank_max": min(n, d),
+            "rank_share": rank / min(n, d)}
+
+
+def judge(stats: dict, complete_std: float, min_rank_share: float) -> tuple[str, str]:
+    """(verdict, the numbers that led to it) for one representation's cheap_stats."""
+    d = stats["dim"]
+    std_line = (f"std of normalised embeddings {stats['std']:.4f} = {stats['std_ratio']:.2f} × the healthy "
+                f"1/√{d} = {1 / math.sqrt(d):.4f}")
+    rank_line = f"effective rank {stats['rank']:.1f} = {stats['rank_share']:.1%} of the {stats['rank_max']} possible"
+    if stats["std_ratio"] < complete_std:
+        return COMPLETE, f"{std_line}, below the {complete_std} threshold: the embeddings are nearly constant"
+    if stats["rank_share"] < min_rank_share:
+        return DIMENSIONAL, f"{rank_line}, below the {min_rank_share:.0%} threshold: the embeddings fill few directions"
+    return HEALTHY, f"{std_line}; {rank_line}"
+
+
+def worst(verdicts) -> str:
+    return max(verdicts, key=SEVERITY.__getitem__, default=HEALTHY)
+
+
+def full_stats(center: torch.Tensor, view1: torch.Tensor, view2: torch.Tensor, labels) -> dict:
+    """Every diagnostic for one representation: centre views for the spread, augmented pairs for the rest."""
+    spectrum = covariance_spectrum(center)
+    positive, negative = pair_cosines(view1, view2)
+    out = {**cheap_stats(center), "healthy_std": 1 / math.sqrt(center.shape[1]), "dims_99": dims_for_variance(spectrum),
+           "alignment": alignment(view1, view2), "uniformity": uniformity(torch.cat([view1, view2])),
+           "positive_cosine": positive, "negative_cosine": negative, "spectrum": spectrum.tolist()}
+    if labels is not None:
+        out["knn_agreement"], out["knn_chance"] = knn_agreement(center, labels)
+    return out
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(spectrum, width: int = 48, floor: float = 1e-12) -> str:
+    """The log spectrum, largest first, as one line of block characters (resampled to `width` columns)."""
+    values = torch.as_tensor(spectrum, dtype=torch.float64).clamp_min(floor).log10()
+    if len(values) > width:
+        values = values[torch.linspace(0, len(values) - 1, width).round().long()]
+    lo, hi = values.min().item(), values.max().item()
+    scale = (len(SPARK) - 1) / (hi - lo) if hi > lo else 0.0
+    return "".join(SPARK[round((v - lo) * scale)] for v in values.tolist())
+
+
+# ---- the encoder's representations ---------------------------------------------------------------
+
+
+def representations(path, device) -> tuple[dict, dict]:
+    """{'backbone': module[, 'projector': module]} in eval mode, and the checkpoint's metadata. The projector
+    output is the embedding the pretraining loss saw (the one SimSiam's and Jing et al.'s curves are drawn on)."""
+    from torch import nn
+
+    from . import checkpoint as ckpt
+    from .evaluate import load_encoder
+    from .spec import PretrainSpec
+    from .train import build_method, load_state
+
+    meta = ckpt.read_meta(path, kinds=("pretrain", "transfer"))
+    if meta["kind"] != "pretrain":
+        backbone, meta = load_encoder(path, device)
+        return {"backbone": backbone}, meta
+    tensors, meta = ckpt.load(path, kinds=("pretrain",))
+    method = build_method(PretrainSpec.model_validate(meta["spec"]))
+    load_state(method, None, {k: v for k, v in tensors.items() if k.startswith(("backbone.", "method."))})
+    method.eval().requires_grad_(False).to(device)
+    reps = {"backbone": method.backbone}
+    if isinstance(getattr(method, "projector", None), nn.Module):
+        reps["projector"] = nn.Sequential(method.backbone, method.projector)
+    return reps, meta
+
+
+def inspection_augment(meta: dict):
+    """The pretraining augmentation of the checkpoint (its positive pairs); MoCo v2's recipe for others."""
+    from .methods.mocov2 import MoCoV2
+    from .spec import AugmentSpec, SMALL_IMAGE
+
+    if meta["kind"] == "pretrain":
+        return AugmentSpec.model_validate(meta["spec"]["augment"])
+    return AugmentSpec.model_validate(MoCoV2.recipe(meta["image_size"] < SMALL_IMAGE)["augment"])
+
+
+@torch.no_grad()
+def embed_views(reps: dict, data, meta: dict, device, batch_size: int, workers: int, seed: int) -> dict:
+    """For each representation: embeddings of the centre view and of two augmented views of every image."""
+    from .augment import ViewAugment, center_view
+
+    size, norm = meta["image_size"], meta["normalize"]
+    augment = inspection_augment(meta)
+    pair = [ViewAugment(augment, size, norm["mean"], norm["std"], view=v) for v in (0, 1)]
+    generator = torch.Generator(device=device)
+    out = {name: ([], [], []) for name in reps}
+    for step, (x, _, _) in enumerate(data.batches(torch.arange(len(data)), batch_size, workers=workers)):
+        x = x.to(device, non_blocking=True)
+        generator.manual_seed(seed * 1_000_003 + step)
+        views = [center_view(x, size, norm["mean"], norm["std"])] + [p(x, generator) for p in pair]
+        for name, module in reps.items():
+            for store, view in zip(out[name], views):
+                store.append(module(view).float().cpu())
+    return {name: [torch.cat(s) for s in stores] for name, stores in out.items()}
+
+
+def open_inspected(spec, meta: dict):
+    """N images of --data (default: the checkpoint's data), from its test split when it has one."""
+    from .data import open_dataset
+    from .errors import UserError
+
+    d, pre = spec.data, meta["spec"]["data"]
+    source = d.source or pre["source"]
+    root = d.root or (pre.get("root") if d.source is None else None)
+    kwargs = dict(root=root, download=d.download, strict=d.strict, subset=d.subset, seed=spec.runtime.seed,
+                  image_size=meta["image_size"])
+    try:
+        return open_dataset(source, "test", **kwargs)
+    except UserError:
+        return open_dataset(source, "pretrain", **kwargs)
+
+
+def inspect_collapse(spec) -> dict:
+    """Every diagnostic for each representation, a verdict per representation and overall, and the report files."""
+    import json
+
+    from . import checkpoint as ckpt
+    from .plot import spectrum_plot
+    from .train import default_workers, pick_device
+
+    device = pick_device(spec.runtime.device)
+    path = ckpt.resolve_path(spec.checkpoint)
+    reps, meta = representations(path, device)
+    data = open_inspected(spec, meta)
+    embeddings = embed_views(reps, data, meta, device, spec.runtime.batch_size,
+                             default_workers(spec.runtime.workers), spec.runtime.seed)
+    th = spec.thresholds
+    result = {"checkpoint": str(path), "method": meta.get("method"), "backbone": meta["backbone"]["name"],
+              "data": data.name, "images": len(data), "thresholds": th.model_dump(), "representations": {}}
+    for name, (center, view1, view2) in embeddings.items():
+        stats = full_stats(center, view1, view2, data.labels)
+        stats["verdict"], stats["reason"] = judge(stats, th.complete_std, th.min_rank_share)
+        result["representations"][name] = stats
+    result["verdict"] = worst(r["verdict"] for r in result["representations"].values())
+    report = spec.report or path.with_name(path.name.removesuffix(".safetensors") + ".collapse.json")
+    result["report"], result["plot"] = str(report), str(report.with_suffix(".png"))
+    report.parent.mkdir(parents=True, exist_ok=True)
+    spectrum_plot({n: r["spectrum"] for n, r in result["representations"].items()}, report.with_suffix(".png"),
+                  title=f"{result['method'] or meta['kind']} · {result['backbone']} · {data.name}: {result['verdict']}")
+    report.write_text(json.dumps(result, indent=1) + "\n")
+    return result
