@@ -90,7 +90,7 @@ class TrainProgress:
         c = stats.get("collapse")
         if c is None:
             return
-        figures = "  ".join(f"{name} std×√d {r['std_ratio']:.2f} rank {r['rank']:.0f}"
+        figures = "  ".join(f"{name} spread {r['spread']:.2f} rank {r['rank']:.0f}"
                             for name, r in c.items() if isinstance(r, dict))
         console.print(f"epoch {stats['epoch']}: loss {stats['loss']:.4f}  {stats['images_per_s']:.0f} img/s  {figures}")
         if c["verdict"] != "healthy":
@@ -234,7 +234,8 @@ def print_inspection(result: dict, sparkline) -> None:
     table.add_column("")
     for name, r in reps.items():
         table.add_column(f"{name} ({r['dim']}-d)", justify="right")
-    rows = [("std of z/|z|  (healthy 1/√d)", lambda r: f"{r['std']:.4f}  ({r['healthy_std']:.4f})"),
+    rows = [("spread 1 − |mean z/|z||²", lambda r: f"{r['spread']:.3f}"),
+            ("std of z/|z|  (healthy 1/√d)", lambda r: f"{r['std']:.4f}  ({r['healthy_std']:.4f})"),
             ("effective rank (RankMe)", lambda r: f"{r['rank']:.1f} / {r['rank_max']}"),
             ("dims for 99% of variance", lambda r: str(r["dims_99"])),
             ("alignment (lower better)", lambda r: f"{r['alignment']:.3f}"),

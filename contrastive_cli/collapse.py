@@ -25,6 +25,13 @@ def std_of_normalized(z: torch.Tensor) -> float:
     return normalized(z).std(dim=0).mean().item()
 
 
+def spread(z: torch.Tensor) -> float:
+    """1 − ‖mean of z/‖z‖‖², the total variance of the normalised embeddings (one minus the mean cosine over all
+    pairs): 0 when every image gets the same direction, 1 for embeddings spread evenly around the sphere. Unlike
+    the per-dimension std it does not depend on how many dimensions the variance is spread over."""
+    return 1.0 - normalized(z).mean(dim=0).pow(2).sum().item()
+
+
 def rankme(z: torch.Tensor, eps: float = 1e-7) -> float:
     """RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values of the N×d embeddings,
     between 1 and min(N, d)."""
@@ -84,25 +91,25 @@ def knn_agreement(z: torch.Tensor, labels: torch.Tensor, k: int = 10) -> tuple[f
 
 
 def cheap_stats(z: torch.Tensor) -> dict:
-    """The monitor's statistics: std of normalised embeddings (with its ratio to 1/√d) and effective rank."""
+    """The monitor's statistics: std of normalised embeddings (with its ratio to 1/√d), spread, effective rank."""
     n, d = z.shape
     std = std_of_normalized(z)
     rank = rankme(z)
-    return {"dim": d, "std": std, "std_ratio": std * math.sqrt(d), "rank": rank, "rank_max": min(n, d),
-            "rank_share": rank / min(n, d)}
+    return {"dim": d, "std": std, "std_ratio": std * math.sqrt(d), "spread": spread(z), "rank": rank,
+            "rank_max": min(n, d), "rank_share": rank / min(n, d)}
 
 
-def judge(stats: dict, complete_std: float, min_rank_share: float) -> tuple[str, str]:
+def judge(stats: dict, min_spread: float, min_rank_share: float) -> tuple[str, str]:
     """(verdict, the numbers that led to it) for one representation's cheap_stats."""
     d = stats["dim"]
-    std_line = (f"std of normalised embeddings {stats['std']:.4f} = {stats['std_ratio']:.2f} × the healthy "
-                f"1/√{d} = {1 / math.sqrt(d):.4f}")
+    spread_line = (f"spread {stats['spread']:.3f} (std of normalised embeddings {stats['std_ratio']:.2f} × the "
+                   f"healthy 1/√{d})")
     rank_line = f"effective rank {stats['rank']:.1f} = {stats['rank_share']:.1%} of the {stats['rank_max']} possible"
-    if stats["std_ratio"] < complete_std:
-        return COMPLETE, f"{std_line}, below the {complete_std} threshold: the embeddings are nearly constant"
+    if stats["spread"] < min_spread:
+        return COMPLETE, f"{spread_line}, below the {min_spread} threshold: the embeddings are nearly constant"
     if stats["rank_share"] < min_rank_share:
         return DIMENSIONAL, f"{rank_line}, below the {min_rank_share:.0%} threshold: the embeddings fill few directions"
-    return HEALTHY, f"{std_line}; {rank_line}"
+    return HEALTHY, f"{spread_line}; {rank_line}"
 
 
 def worst(verdicts) -> str:
@@ -226,7 +233,7 @@ def inspect_collapse(spec) -> dict:
               "data": data.name, "images": len(data), "thresholds": th.model_dump(), "representations": {}}
     for name, (center, view1, view2) in embeddings.items():
         stats = full_stats(center, view1, view2, data.labels)
-        stats["verdict"], stats["reason"] = judge(stats, th.complete_std, th.min_rank_share)
+        stats["verdict"], stats["reason"] = judge(stats, th.min_spread, th.min_rank_share)
         result["representations"][name] = stats
     result["verdict"] = worst(r["verdict"] for r in result["representations"].values())
     report = spec.report or path.with_name(path.name.removesuffix(".safetensors") + ".collapse.json")

@@ -148,8 +148,9 @@ class RuntimeSpec(Spec):
 class CollapseThresholds(Spec):
     """When embeddings count as collapsed (docs/inspect-collapse.md); shared by inspect-collapse and the monitor."""
 
-    complete_std: float = Field(0.2, gt=0, description=(
-        "Complete collapse below this std of l2-normalised embeddings, as a fraction of the healthy 1/sqrt(d)."))
+    min_spread: float = Field(0.05, gt=0, le=1, description=(
+        "Complete collapse below this spread, 1 - |mean of z/|z||^2 (0: every image has the same embedding, "
+        "1: evenly spread)."))
     min_rank_share: float = Field(0.03, gt=0, le=1, description=(
         "Dimensional collapse below this effective rank (RankMe), as a fraction of min(images, d)."))
 

@@ -259,7 +259,7 @@ class CollapseMonitor:
         pick = torch.randperm(len(run.data), generator=torch.Generator().manual_seed(run.spec.runtime.seed + 17))
         x, _, _ = next(run.data.batches(pick[:m.images].sort().values, m.images, workers=0))
         self.views = center_view(x.to(run.device), run.spec.data.image_size, run.data.mean, run.data.std)
-        self.thresholds = (m.complete_std, m.min_rank_share)
+        self.thresholds = (m.min_spread, m.min_rank_share)
 
     @torch.no_grad()
     def __call__(self, method: Method) -> dict:
@@ -274,7 +274,7 @@ class CollapseMonitor:
         verdicts = {name: judge(st, *self.thresholds) for name, st in stats.items()}
         verdict = worst(v for v, _ in verdicts.values())
         reason = "; ".join(f"{name}: {why}" for name, (v, why) in verdicts.items() if v == verdict)
-        return {"verdict": verdict, "reason": reason, **{name: {k: round(st[k], 4) for k in ("std_ratio", "rank", "rank_share")}
+        return {"verdict": verdict, "reason": reason, **{name: {k: round(st[k], 4) for k in ("spread", "std_ratio", "rank", "rank_share")}
                                                          for name, st in stats.items()}}
 
 
