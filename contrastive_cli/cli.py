@@ -93,7 +93,7 @@ class TrainProgress:
         figures = "  ".join(f"{name} spread {r['spread']:.2f} rank {r['rank']:.0f}"
                             for name, r in c.items() if isinstance(r, dict))
         console.print(f"epoch {stats['epoch']}: loss {stats['loss']:.4f}  {stats['images_per_s']:.0f} img/s  {figures}")
-        if c["verdict"] != "healthy":
+        if c["alarm"]:
             console.print(Panel(f"{c['verdict']} after epoch {stats['epoch']}: {c['reason']}", title="Collapse",
                                 border_style="yellow", title_align="left"))
 
@@ -236,7 +236,7 @@ def print_inspection(result: dict, sparkline) -> None:
         table.add_column(f"{name} ({r['dim']}-d)", justify="right")
     rows = [("spread 1 − |mean z/|z||²", lambda r: f"{r['spread']:.3f}"),
             ("std of z/|z|  (healthy 1/√d)", lambda r: f"{r['std']:.4f}  ({r['healthy_std']:.4f})"),
-            ("effective rank (RankMe)", lambda r: f"{r['rank']:.1f} / {r['rank_max']}"),
+            ("effective rank (centred RankMe)", lambda r: f"{r['rank']:.1f} / {r['rank_max']}"),
             ("dims for 99% of variance", lambda r: str(r["dims_99"])),
             ("alignment (lower better)", lambda r: f"{r['alignment']:.3f}"),
             ("uniformity (lower better)", lambda r: f"{r['uniformity']:.3f}"),

@@ -147,9 +147,11 @@ def sparkline(spectrum, width: int = 48, floor: float = 1e-12) -> str:
 def representations(path, device) -> tuple[dict, dict]:
     """{'backbone': module[, 'projector': module]} in eval mode, and the checkpoint's metadata. The projector
     output is the embedding the pretraining loss saw (the one SimSiam's and Jing et al.'s curves are drawn on)."""
+    from pydantic import ValidationError
     from torch import nn
 
     from . import checkpoint as ckpt
+    from .errors import UserError
     from .evaluate import load_encoder
     from .spec import PretrainSpec
     from .train import build_method, load_state
@@ -159,7 +161,14 @@ def representations(path, device) -> tuple[dict, dict]:
         backbone, meta = load_encoder(path, device)
         return {"backbone": backbone}, meta
     tensors, meta = ckpt.load(path, kinds=("pretrain",))
-    method = build_method(PretrainSpec.model_validate(meta["spec"]))
+    try:
+        spec = PretrainSpec.model_validate(meta["spec"])
+    except ValidationError as err:
+        raise UserError(f"The run spec stored in {path} does not validate with this version of contrastive "
+                        f"({err.error_count()} problem(s), first: {'.'.join(map(str, err.errors()[0]['loc']))}: "
+                        f"{err.errors()[0]['msg']})", "inspect it with the version that wrote it, or export its "
+                        "backbone and inspect that") from None
+    method = build_method(spec)
     load_state(method, None, {k: v for k, v in tensors.items() if k.startswith(("backbone.", "method."))})
     method.eval().requires_grad_(False).to(device)
     reps = {"backbone": method.backbone}

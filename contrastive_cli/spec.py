@@ -148,10 +148,10 @@ class RuntimeSpec(Spec):
 class CollapseThresholds(Spec):
     """When embeddings count as collapsed (docs/inspect-collapse.md); shared by inspect-collapse and the monitor."""
 
-    min_spread: float = Field(0.05, gt=0, le=1, description=(
+    min_spread: float = Field(0.02, gt=0, le=1, description=(
         "Complete collapse below this spread, 1 - |mean of z/|z||^2 (0: every image has the same embedding, "
         "1: evenly spread)."))
-    min_rank_share: float = Field(0.03, gt=0, le=1, description=(
+    min_rank_share: float = Field(0.025, gt=0, le=1, description=(
         "Dimensional collapse below this effective rank (RankMe), as a fraction of min(images, d)."))
 
 
@@ -159,6 +159,9 @@ class MonitorSpec(CollapseThresholds):
     images: int = Field(2048, ge=0, json_schema_extra=flag("--monitor-images"), description=(
         "Collapse monitor: every epoch, the std of normalised embeddings and the effective rank of the backbone "
         "and projector outputs on a fixed batch of this many images (0: off)."))
+    patience: int = Field(2, ge=1, json_schema_extra=flag("--collapse-patience"), description=(
+        "Collapse monitor: warn (and stop, with --stop-on-collapse) once the embeddings have been below the "
+        "thresholds for this many epochs in a row; a single early dip is logged but not alarmed."))
     stop_on_collapse: bool = Field(False, description=(
         "End the run, with a checkpoint, when the monitor sees collapse (exit code 4)."))
 

@@ -260,6 +260,7 @@ class CollapseMonitor:
         x, _, _ = next(run.data.batches(pick[:m.images].sort().values, m.images, workers=0))
         self.views = center_view(x.to(run.device), run.spec.data.image_size, run.data.mean, run.data.std)
         self.thresholds = (m.min_spread, m.min_rank_share)
+        self.patience, self.streak = m.patience, 0
 
     @torch.no_grad()
     def __call__(self, method: Method) -> dict:
@@ -274,7 +275,8 @@ class CollapseMonitor:
         verdicts = {name: judge(st, *self.thresholds) for name, st in stats.items()}
         verdict = worst(v for v, _ in verdicts.values())
         reason = "; ".join(f"{name}: {why}" for name, (v, why) in verdicts.items() if v == verdict)
-        return {"verdict": verdict, "reason": reason, **{name: {k: round(st[k], 4) for k in ("spread", "std_ratio", "rank", "rank_share")}
+        self.streak = self.streak + 1 if verdict != "healthy" else 0
+        return {"verdict": verdict, "reason": reason, "alarm": self.streak >= self.patience, **{name: {k: round(st[k], 4) for k in ("spread", "std_ratio", "rank", "rank_share")}
                                                          for name, st in stats.items()}}
 
 
@@ -348,13 +350,14 @@ def train(run: Run, progress=None, on_step: Optional[Callable[[Run, dict], None]
             metrics_file.flush()
             if on_epoch is not None:
                 on_epoch(run, epoch_stats)
-            collapsed = monitor is not None and epoch_stats["collapse"]["verdict"] != "healthy"
+            collapsed = monitor is not None and epoch_stats["collapse"]["alarm"]
             if (epoch + 1) % s.runtime.checkpoint_every == 0 or run.step >= run.total_steps or (
                     collapsed and s.monitor.stop_on_collapse):
                 run.save()
             if collapsed and s.monitor.stop_on_collapse:
                 c = epoch_stats["collapse"]
-                raise TrainingStopped(f"The collapse monitor saw {c['verdict']} after epoch {epoch + 1} ({c['reason']}); "
+                raise TrainingStopped(f"The collapse monitor saw {c['verdict']} for {monitor.streak} epoch(s) in a row, "
+                                      f"up to epoch {epoch + 1} ({c['reason']}); "
                                       f"training stopped with a checkpoint at {run.checkpoint_path}",
                                       "see docs/inspect-collapse.md for the usual causes (a missing predictor or "
                                       "stop-gradient, no batch norm in the heads, too high an lr); inspect it with "

@@ -58,7 +58,8 @@ def learning_run(method: str, out, *, epochs: int, subset: int, bank: int = 1000
     return {"method": method, "k": k, "pretrained": pretrained[k], "random_init": random_init[k], "pixels": pixels[k],
             "at_k20": {"pretrained": pretrained[20], "random_init": random_init[20], "pixels": pixels[20]},
             "train_seconds": round(seconds, 1), "images_per_s": round(stats["images_per_s"], 1),
-            "final_loss": stats["loss"], "collapse_monitor": [e["collapse"]["verdict"] for e in epochs if "collapse" in e]}
+            "final_loss": stats["loss"], "collapse_monitor": [e["collapse"]["verdict"] for e in epochs if "collapse" in e],
+            "collapse_alarms": [e["collapse"]["alarm"] for e in epochs if "collapse" in e]}
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ def test_pretraining_beats_random_init_and_raw_pixels(method, tmp_path):
           f"pixels {r['pixels']:.2f}  ({r['train_seconds']} s, {r['images_per_s']} img/s)")
     assert r["pretrained"] >= r["random_init"] + MARGIN, r
     assert r["pretrained"] >= r["pixels"] + MARGIN, r
-    # the standard recipes do not collapse, and the collapse monitor says so after every epoch
-    assert r["collapse_monitor"] == ["healthy"] * BUDGET["epochs"], r["collapse_monitor"]
+    # the standard recipes do not collapse: the collapse monitor never alarms
+    assert not any(r["collapse_alarms"]), r["collapse_monitor"]
 
 
 @pytest.mark.slow
