@@ -236,7 +236,7 @@ def print_inspection(result: dict, sparkline) -> None:
         table.add_column(f"{name} ({r['dim']}-d)", justify="right")
     rows = [("spread 1 − |mean z/|z||²", lambda r: f"{r['spread']:.3f}"),
             ("std of z/|z|  (healthy 1/√d)", lambda r: f"{r['std']:.4f}  ({r['healthy_std']:.4f})"),
-            ("effective rank (centred RankMe)", lambda r: f"{r['rank']:.1f} / {r['rank_max']}"),
+            ("effective rank (RankMe)", lambda r: f"{r['rank']:.1f} / {r['rank_max']}"),
             ("dims for 99% of variance", lambda r: str(r["dims_99"])),
             ("alignment (lower better)", lambda r: f"{r['alignment']:.3f}"),
             ("uniformity (lower better)", lambda r: f"{r['uniformity']:.3f}"),
