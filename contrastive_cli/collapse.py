@@ -108,7 +108,7 @@ def judge(stats: dict, min_spread: float, min_rank_share: float) -> tuple[str, s
     if stats["spread"] < min_spread:
         return COMPLETE, f"{spread_line}, below the {min_spread} threshold: the embeddings are nearly constant"
     if stats["rank_share"] < min_rank_share:
-        return DIMENSIONAL, f"{rank_line}, below the {min_rank_share:.0%} threshold: the embeddings fill few directions"
+        return DIMENSIONAL, f"{rank_line}, below the {min_rank_share:.1%} threshold: the embeddings fill few directions"
     return HEALTHY, f"{spread_line}; {rank_line}"
 
 
