@@ -151,7 +151,7 @@ class CollapseThresholds(Spec):
     min_spread: float = Field(0.02, gt=0, le=1, description=(
         "Complete collapse below this spread, 1 - |mean of z/|z||^2 (0: every image has the same embedding, "
         "1: evenly spread)."))
-    min_rank_share: float = Field(0.025, gt=0, le=1, description=(
+    min_rank_share: float = Field(0.027, gt=0, le=1, description=(
         "Dimensional collapse below this effective rank (RankMe), as a fraction of min(images, d)."))
 
 

@@ -73,7 +73,7 @@ def test_knn_agreement_is_high_for_class_clusters_and_chance_for_noise():
     (lambda: gaussian(512, 128), collapse.HEALTHY),
 ])
 def test_verdicts(embeddings, verdict):
-    assert collapse.judge(collapse.cheap_stats(embeddings()), 0.02, 0.025)[0] == verdict
+    assert collapse.judge(collapse.cheap_stats(embeddings()), 0.02, 0.027)[0] == verdict
 
 
 # ---- inspect-collapse on checkpoints whose encoders collapse by construction ---------------------------
