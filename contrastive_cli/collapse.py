@@ -228,6 +228,7 @@ def inspect_collapse(spec) -> dict:
     import json
 
     from . import checkpoint as ckpt
+    from .errors import UserError
     from .plot import spectrum_plot
     from .train import default_workers, pick_device
 
@@ -247,8 +248,12 @@ def inspect_collapse(spec) -> dict:
     result["verdict"] = worst(r["verdict"] for r in result["representations"].values())
     report = spec.report or path.with_name(path.name.removesuffix(".safetensors") + ".collapse.json")
     result["report"], result["plot"] = str(report), str(report.with_suffix(".png"))
-    report.parent.mkdir(parents=True, exist_ok=True)
-    spectrum_plot({n: r["spectrum"] for n, r in result["representations"].items()}, report.with_suffix(".png"),
-                  title=f"{result['method'] or meta['kind']} · {result['backbone']} · {data.name}: {result['verdict']}")
-    report.write_text(json.dumps(result, indent=1) + "\n")
+    try:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        spectrum_plot({n: r["spectrum"] for n, r in result["representations"].items()}, report.with_suffix(".png"),
+                      title=f"{result['method'] or meta['kind']} · {result['backbone']} · {data.name}: {result['verdict']}")
+        report.write_text(json.dumps(result, indent=1) + "\n")
+    except OSError as err:
+        raise UserError(f"The report could not be written to {report} ({err.strerror or err})",
+                        "pass --report with a path in a writable folder") from None
     return result

@@ -159,6 +159,14 @@ def test_inspecting_a_missing_checkpoint_fails_cleanly(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output and "Traceback" not in result.output
 
 
+def test_unwritable_report_path_fails_cleanly(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = runner.invoke(app, ["inspect-collapse", str(make_checkpoint(tmp_path)), "--images", "64",
+                                 "--report", str(tmp_path / "file" / "r.json")])
+    text = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "could not be written" in text and "--report" in text, text
+
+
 # ---- the monitor during pretraining ---------------------------------------------------------------------
 
 
