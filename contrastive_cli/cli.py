@@ -46,8 +46,8 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except UserError as err:
             code = getattr(err, "exit_code", 2)
-            style = "yellow" if code == 130 else "red"
-            title = "Stopped" if code in (3, 130) else "Error"
+            style = "yellow" if code in (4, 130) else "red"
+            title = "Stopped" if code in (3, 4, 130) else "Error"
             # escaped: messages quote user paths and commands such as pip install 'contrastive[onnx]', not markup
             errors.print(Panel(escape(str(err)), title=title, border_style=style, title_align="left"))
             raise typer.Exit(code) from None
