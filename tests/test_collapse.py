@@ -1,6 +1,7 @@
 """Collapse diagnostics behave as the papers define them, and `inspect-collapse` and the pretraining monitor call
 constant embeddings complete collapse, embeddings in a few dimensions dimensional collapse, and others healthy."""
 
+import copy
 import json
 import math
 
@@ -79,17 +80,33 @@ def test_verdicts(embeddings, verdict):
 # ---- inspect-collapse on checkpoints whose encoders collapse by construction ---------------------------
 
 
-def make_checkpoint(tmp_path, edit=None, name="run"):
-    """A small-CNN SimCLR checkpoint on the synthetic data; `edit(backbone)` makes it collapse on purpose."""
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """A small-CNN SimCLR run on the synthetic data, trained once for the module."""
     run = prepare(PretrainSpec.model_validate({
         "method": {"name": "simclr"}, "backbone": {"name": "small_cnn"}, "data": {"subset": 256},
-        "optim": {"epochs": 1, "batch_size": 64}, "runtime": {"out": str(tmp_path / name)}}))
+        "optim": {"epochs": 1, "batch_size": 64}, "runtime": {"out": str(tmp_path_factory.mktemp("collapse") / "run")}}))
     train(run)
-    if edit is not None:
+    return run
+
+
+@pytest.fixture
+def make_checkpoint(base_run, tmp_path):
+    """The base checkpoint, or a copy in tmp_path whose backbone `edit(backbone)` made collapse on purpose."""
+    def make(edit=None):
+        if edit is None:
+            return base_run.checkpoint_path
+        saved, home = copy.deepcopy(base_run.method.state_dict()), base_run.dir
         with torch.no_grad():
-            edit(run.method.backbone)
-        run.save()
-    return run.checkpoint_path
+            edit(base_run.method.backbone)
+        base_run.dir = tmp_path / "edited"
+        base_run.dir.mkdir()
+        try:
+            return base_run.save()
+        finally:
+            base_run.method.load_state_dict(saved)
+            base_run.dir = home
+    return make
 
 
 def constant_output(backbone):
@@ -109,8 +126,8 @@ def inspect(path, *flags, images=256):
     return result, (json.loads(result.output) if result.exit_code in (0, 1) else None)
 
 
-def test_constant_encoder_is_complete_collapse_with_its_numbers(tmp_path):
-    result, report = inspect(make_checkpoint(tmp_path, constant_output), "--fail-on-collapse")
+def test_constant_encoder_is_complete_collapse_with_its_numbers(make_checkpoint):
+    result, report = inspect(make_checkpoint(constant_output), "--fail-on-collapse")
     assert result.exit_code == 1, result.output
     assert report["verdict"] == collapse.COMPLETE
     for rep in ("backbone", "projector"):
@@ -120,8 +137,8 @@ def test_constant_encoder_is_complete_collapse_with_its_numbers(tmp_path):
         assert "nearly constant" in r["reason"]
 
 
-def test_encoder_in_four_dimensions_is_dimensional_collapse(tmp_path):
-    result, report = inspect(make_checkpoint(tmp_path, four_channels))
+def test_encoder_in_four_dimensions_is_dimensional_collapse(make_checkpoint):
+    result, report = inspect(make_checkpoint(four_channels))
     assert result.exit_code == 0  # no --fail-on-collapse: the verdict is reported, the exit code stays 0
     backbone = report["representations"]["backbone"]
     assert backbone["verdict"] == collapse.DIMENSIONAL and backbone["rank"] <= 4.01 and backbone["dims_99"] <= 4
@@ -131,8 +148,8 @@ def test_encoder_in_four_dimensions_is_dimensional_collapse(tmp_path):
     assert report["verdict"] == report["representations"]["projector"]["verdict"] != collapse.HEALTHY
 
 
-def test_report_plot_and_terminal_view(tmp_path):
-    path = make_checkpoint(tmp_path)
+def test_report_plot_and_terminal_view(make_checkpoint, tmp_path):
+    path = make_checkpoint()
     result = runner.invoke(app, ["inspect-collapse", str(path), "--images", "256", "--report", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     for needle in ("effective rank (RankMe)", "alignment", "uniformity", "10-NN label agreement", "spectrum", "verdict"):
@@ -144,8 +161,8 @@ def test_report_plot_and_terminal_view(tmp_path):
         assert png.format == "PNG" and png.width >= 800
 
 
-def test_thresholds_are_overridable(tmp_path):
-    path = make_checkpoint(tmp_path)
+def test_thresholds_are_overridable(make_checkpoint):
+    path = make_checkpoint()
     _, lenient = inspect(path, "--min-spread", "1e-9", "--min-rank-share", "1e-9")
     _, strict = inspect(path, "--min-spread", "1e-9", "--min-rank-share", "0.99")
     _, strictest = inspect(path, "--min-spread", "1.0")
@@ -159,9 +176,9 @@ def test_inspecting_a_missing_checkpoint_fails_cleanly(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output and "Traceback" not in result.output
 
 
-def test_unwritable_report_path_fails_cleanly(tmp_path):
+def test_unwritable_report_path_fails_cleanly(make_checkpoint, tmp_path):
     (tmp_path / "file").write_text("")
-    result = runner.invoke(app, ["inspect-collapse", str(make_checkpoint(tmp_path)), "--images", "64",
+    result = runner.invoke(app, ["inspect-collapse", str(make_checkpoint()), "--images", "64",
                                  "--report", str(tmp_path / "file" / "r.json")])
     text = " ".join(result.output.replace("│", " ").split())
     assert result.exit_code == 2 and "could not be written" in text and "--report" in text, text
