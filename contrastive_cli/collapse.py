@@ -209,18 +209,13 @@ def embed_views(reps: dict, data, meta: dict, device, batch_size: int, workers: 
 
 def open_inspected(spec, meta: dict):
     """N images of --data (default: the checkpoint's data), from its test split when it has one."""
-    from .data import open_dataset
     from .errors import UserError
+    from .evaluate import open_data
 
-    d, pre = spec.data, meta["spec"]["data"]
-    source = d.source or pre["source"]
-    root = d.root or (pre.get("root") if d.source is None else None)
-    kwargs = dict(root=root, download=d.download, strict=d.strict, subset=d.subset, seed=spec.runtime.seed,
-                  image_size=meta["image_size"])
     try:
-        return open_dataset(source, "test", **kwargs)
+        return open_data(spec.data, meta, "test", spec.runtime.seed, spec.data.subset)
     except UserError:
-        return open_dataset(source, "pretrain", **kwargs)
+        return open_data(spec.data, meta, "pretrain", spec.runtime.seed, spec.data.subset)
 
 
 def inspect_collapse(spec) -> dict:
