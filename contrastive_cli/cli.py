@@ -18,7 +18,7 @@ from rich.table import Table
 from . import __version__
 from .errors import UserError
 from .flags import load_config, merge, spec_command
-from .spec import ExportSpec, InspectSpec, KnnSpec, LinearProbeSpec, PretrainSpec
+from .spec import ExportSpec, InspectSpec, KnnSpec, LinearProbeSpec, PretrainSpec, TransferSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Self-supervised representation learning for images: pretrain → evaluate → export.")
@@ -181,7 +181,8 @@ def run_probe(given, checkpoint, config=None, print_spec=False, as_json=False):
     if print_spec:
         return
     from .checkpoint import read_meta
-    read_meta(spec.checkpoint)  # a bad checkpoint fails before the progress bar is drawn
+    from .evaluate import ENCODER_KINDS
+    read_meta(spec.checkpoint, ENCODER_KINDS)  # a bad checkpoint fails before the progress bar is drawn
     bar = Progress(TextColumn("[bold]linear probe"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
                    console=console, disable=as_json)
@@ -296,6 +297,58 @@ spec_command(app, "export", ExportSpec, run_export, extra=[CHECKPOINT, CONFIG, P
                  "Export the backbone as safetensors weights (torchvision key names), TorchScript or ONNX, or "
                  "with --embeddings the features of a dataset (safetensors or CSV). Artefacts carry the input "
                  "size, normalisation and the source checkpoint's sha256 in their metadata."))
+
+
+# ---- transfer -------------------------------------------------------------------------------------
+
+
+@user_errors
+def run_transfer(given, checkpoint, config=None, print_spec=False, as_json=False):
+    from .checkpoint import read_meta
+    from .evaluate import ENCODER_KINDS
+    from .transfer import transfer
+    spec = eval_spec(TransferSpec, given, config, checkpoint, print_spec)
+    if print_spec:
+        return
+    read_meta(spec.checkpoint, ENCODER_KINDS)  # a bad checkpoint fails before the progress bar is drawn
+    bar = Progress(TextColumn("[bold]{task.fields[row]}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                   console=console, disable=as_json)
+    tasks = {}
+
+    def progress(row, step, steps, loss):
+        if row not in tasks:
+            tasks[row] = bar.add_task(row, total=steps, row=row, loss=0.0)
+        bar.update(tasks[row], completed=step, loss=loss)
+
+    with bar:
+        result = transfer(spec, progress=progress)
+    if as_json:
+        print(json.dumps(result))
+        return
+    shots = f"{result['shots']} shots per class" if result["shots"] else "full train split"
+    console.print(f"[bold]transfer[/] · {result['data']} ({len(result['classes'])} classes, {shots}: "
+                  f"{result['train_images']} images; test {result['test_images']}) · {result['epochs']} epochs = "
+                  f"{result['steps']} steps of {result['batch_size']} · lr {result['lr']:g}"
+                  + (f" · {result['skipped_files']} unreadable files skipped" if result["skipped_files"] else ""))
+    table = Table()
+    for col, justify in (("init", "left"), ("trained", "left"), ("top-1 %", "right"), ("top-5 %", "right")):
+        table.add_column(col, justify=justify)
+    for r in result["results"]:
+        table.add_row(r["init"], r["trained"], f"{r['top1']:.2f}", f"{r['top5']:.2f}")
+    if result["gain"] is not None:
+        table.add_section()
+        table.add_row("[bold]gain[/]", "pretrained − scratch", f"[bold]{result['gain']['top1']:+.2f}",
+                      f"{result['gain']['top5']:+.2f}")
+    console.print(table)
+    console.print(f"fine-tuned model → {result['out']}")
+
+
+spec_command(app, "transfer", TransferSpec, run_transfer, extra=[CHECKPOINT, CONFIG, PRINT_SPEC, JSON],
+             skip=("kind", "checkpoint"), help=(
+                 "Fine-tune the pretrained backbone with a new linear head on a labeled target dataset and report "
+                 "top-1/top-5 on its test split; --shots K for K images per class, --freeze for a linear head on "
+                 "the frozen backbone, --baseline scratch for the same budget from random initialisation."))
 
 
 def entrypoint():

@@ -173,15 +173,16 @@ def native_size(source: str, root: Optional[Path] = None) -> int:
 
 def open_dataset(source: str, split: Split, *, root: Optional[Path] = None, download: bool = False,
                  strict: bool = False, subset: Optional[int] = None, seed: int = 0,
-                 image_size: Optional[int] = None) -> ImageSet:
-    """Open `split` of a named dataset or a folder; `subset` keeps a seeded random N images."""
+                 image_size: Optional[int] = None, classes: Optional[list[str]] = None) -> ImageSet:
+    """Open `split` of a named dataset or a folder; `classes` keeps only those classes (names or indices,
+    relabelled 0..k-1 in the order given), then `subset` keeps a seeded random N of the images left."""
     if split not in ("pretrain", "train", "test"):
         raise ValueError(f"split must be 'pretrain', 'train' or 'test', not {split!r}")
     if source in NAMED:
         root = Path(root or DEFAULT_ROOT).expanduser()
-        return _open_named(source, split, root, download, subset, seed)
+        return _open_named(source, split, root, download, subset, seed, classes)
     folder = _existing_folder(source)
-    return _open_folder(folder, split, strict, subset, seed, stored_size(image_size or FOLDER_SIZE))
+    return _open_folder(folder, split, strict, subset, seed, stored_size(image_size or FOLDER_SIZE), classes)
 
 
 def _existing_folder(source: str) -> Path:
@@ -195,6 +196,45 @@ def _existing_folder(source: str) -> Path:
     hint = f" (did you mean '{guess[0]}'?)" if guess else ""
     raise UserError(f"--data '{source}' is neither a known dataset nor an existing folder{hint}",
                     f"name one of {', '.join(NAMED)}, or give the path of a folder of images that exists")
+
+
+def select_classes(wanted: list[str], classes: Optional[list[str]], labels, name: str) -> list[int]:
+    """Label indices of the `wanted` classes, in the order given. Each entry is a class name (exact, else
+    case-insensitive) or an index; names win, so a folder class called '3' is found by name first."""
+    if labels is None:
+        raise UserError(f"{name} has no labels, so --classes cannot pick classes from it",
+                        "drop --classes, or use a labeled dataset (class subfolders or a named dataset)")
+    classes = classes or [str(i) for i in range(int(torch.as_tensor(labels).max()) + 1)]
+    folded = {}
+    for i, c in enumerate(classes):
+        folded.setdefault(c.casefold(), []).append(i)
+    picked = []
+    for item in wanted:
+        if item in classes:
+            index = classes.index(item)
+        elif len(folded.get(item.casefold(), [])) == 1:
+            index = folded[item.casefold()][0]
+        elif item.isdigit() and int(item) < len(classes):
+            index = int(item)
+        else:
+            listing = ", ".join(f"{i} {c}" if c != str(i) else c for i, c in enumerate(classes[:40]))
+            listing += f", … ({len(classes) - 40} more)" if len(classes) > 40 else ""
+            raise UserError(f"--classes: {name} has no class '{item}'; its {len(classes)} classes are: {listing}",
+                            "pass class names or indices from that list, comma-separated")
+        if index in picked:
+            raise UserError(f"--classes names the class '{classes[index]}' twice ('{item}')",
+                            "list each class once")
+        picked.append(index)
+    return picked
+
+
+def _relabel(labels: torch.Tensor, picked: list[int], num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices of the images of the picked classes, in dataset order; their new labels 0..k-1)."""
+    lookup = torch.full((num_classes,), -1, dtype=torch.long)
+    lookup[torch.tensor(picked)] = torch.arange(len(picked))
+    mapped = lookup[labels]
+    keep = (mapped >= 0).nonzero().squeeze(1)
+    return keep, mapped[keep]
 
 
 def _subset(count: int, subset: Optional[int], seed: int) -> Optional[torch.Tensor]:
@@ -222,9 +262,13 @@ def _tensor_fingerprint(images: torch.Tensor, labels: Optional[torch.Tensor]) ->
 
 # ---------------------------------------------------------------- named datasets
 
-def _open_named(name: str, split: Split, root: Path, download: bool, subset: Optional[int], seed: int
-                ) -> ImageSet:
+def _open_named(name: str, split: Split, root: Path, download: bool, subset: Optional[int], seed: int,
+                wanted: Optional[list[str]] = None) -> ImageSet:
     images, labels, classes, split_read = _load_named(name, split, root, download)
+    if wanted is not None:
+        picked = select_classes(wanted, classes, labels, f"{name} ({split_read} split)")
+        keep, labels = _relabel(labels, picked, len(classes))
+        images, classes = images[keep], [classes[i] for i in picked]
     keep = _subset(len(images), subset, seed)
     if keep is not None:
         images, labels = images[keep], None if labels is None else labels[keep]
@@ -386,9 +430,13 @@ def _folder_split(folder: Path, split: Split):
     return folder, pick(found), pick(labels), classes, "test" if split == "test" else "train"
 
 
-def _open_folder(folder: Path, split: Split, strict: bool, subset: Optional[int], seed: int, size: int
-                 ) -> ImageSet:
+def _open_folder(folder: Path, split: Split, strict: bool, subset: Optional[int], seed: int, size: int,
+                 wanted: Optional[list[str]] = None) -> ImageSet:
     base, found, labels, classes, split_read = _folder_split(folder, split)
+    if wanted is not None and found:
+        picked = select_classes(wanted, classes, labels, f"{folder} ({split_read} split)")
+        keep, new_labels = _relabel(torch.tensor(labels, dtype=torch.long), picked, len(classes))
+        found, labels, classes = [found[i] for i in keep.tolist()], new_labels.tolist(), [classes[i] for i in picked]
     if not found:
         held_out = base == folder and split_read != "all"  # the ImageFolder's hashed split came out empty
         raise UserError(f"no image files found in {base}" + (f" for the {split_read} split" if held_out else ""),

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 from .flags import collect
-from .spec import ExportSpec, InspectSpec, KnnSpec, LinearProbeSpec, PretrainSpec
+from .spec import ExportSpec, InspectSpec, KnnSpec, LinearProbeSpec, PretrainSpec, TransferSpec
 
 COMMANDS = [("pretrain", PretrainSpec, ("kind",)), ("knn-eval", KnnSpec, ("kind", "checkpoint")),
-            ("linear-probe", LinearProbeSpec, ("kind", "checkpoint")),
+            ("linear-probe", LinearProbeSpec, ("kind", "checkpoint")), ("transfer", TransferSpec, ("kind", "checkpoint")),
             ("inspect-collapse", InspectSpec, ("kind", "checkpoint")), ("export", ExportSpec, ("kind", "checkpoint"))]
 
 

@@ -19,12 +19,16 @@ from .spec import DataSpec, EvalDataSpec, KnnSpec, LinearProbeSpec
 from .train import default_workers, pick_device
 
 
+ENCODER_KINDS = ("pretrain", "transfer")  # checkpoints whose backbone.* tensors are an encoder to evaluate
+
+
 def load_encoder(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
-    """The checkpoint's backbone in eval mode with frozen weights, and the checkpoint's metadata."""
-    tensors, meta = ckpt.load(path, kinds=("pretrain",), prefix="backbone.")
+    """The checkpoint's backbone (pretrain or transfer checkpoint) in eval mode with frozen weights, and the
+    checkpoint's metadata."""
+    tensors, meta = ckpt.load(path, kinds=ENCODER_KINDS, prefix="backbone.")
     if not tensors:
         raise UserError(f"{meta['path']} holds no backbone weights (no 'backbone.*' tensors)",
-                        "pass a checkpoint written by `contrastive pretrain`")
+                        "pass a checkpoint written by `contrastive pretrain` or `contrastive transfer`")
     info = meta["backbone"]
     backbone, _ = build_backbone(info["name"], **info["kwargs"])
     backbone.load_state_dict(ckpt.strip(tensors, "backbone."), strict=True)
@@ -32,17 +36,25 @@ def load_encoder(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
     return backbone.to(device), meta
 
 
+def checkpoint_data(spec: DataSpec, meta: dict) -> DataSpec:
+    """`spec` with the dataset filled in from the checkpoint's own data (source, root, classes) when --data is
+    not given: a pretrain checkpoint's pretraining data, a transfer checkpoint's target data."""
+    if spec.source is not None:
+        return spec
+    own = meta["spec"]["data"]
+    return spec.model_copy(update={"source": own["source"], "root": spec.root or own.get("root"),
+                                   "classes": spec.classes or own.get("classes")})
+
+
 def open_data(spec: DataSpec, meta: dict, split: str, seed: int, subset: Optional[int]) -> ImageSet:
-    """`split` of `spec.source`, or of the checkpoint's pretraining data (and its --data-root) when unset."""
-    pre = meta["spec"]["data"]
-    source = spec.source or pre["source"]
-    root = spec.root or (pre["root"] if spec.source is None else None)
-    return open_dataset(source, split, root=root, download=spec.download, strict=spec.strict, subset=subset,
-                        seed=seed, image_size=meta["image_size"])
+    """`split` of `spec.source`, or of the checkpoint's own data (checkpoint_data) when unset."""
+    spec = checkpoint_data(spec, meta)
+    return open_dataset(spec.source, split, root=spec.root, download=spec.download, strict=spec.strict, subset=subset,
+                        seed=seed, image_size=spec.image_size or meta["image_size"], classes=spec.classes)
 
 
 def open_labeled(spec: EvalDataSpec, meta: dict, split: str, seed: int) -> ImageSet:
-    """The evaluation split; the pretraining data by default. Evaluations need labels."""
+    """The evaluation split; the checkpoint's own data by default (checkpoint_data). Evaluations need labels."""
     data = open_data(spec, meta, split, seed, spec.subset if split == "train" else spec.test_subset)
     source = spec.source or meta["spec"]["data"]["source"]
     if data.labels is None:

@@ -105,8 +105,10 @@ def collect(model: type[BaseModel], prefix: tuple[str, ...] = (), skip: tuple[st
         if choices:
             help_ += f" Choices: {', '.join(choices)}."
         default = _default_text(field)
-        if default == "recipe" and path[0] not in ("method", "optim", "augment"):
-            default = "" if "[default:" in help_ else "unset"
+        if default == "recipe" and "[default:" in help_:  # the description says what fills it
+            default = ""
+        elif default == "recipe" and path[0] not in ("method", "optim", "augment"):
+            default = "unset"
         flags.append(Flag(path, extra.get("flag", "--" + name.replace("_", "-")), kind, help_, default, choices,
                           panel=extra.get("section", "")))
     return flags

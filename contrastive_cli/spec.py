@@ -31,6 +31,10 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 ViewProbabilities = tuple[Probability, Probability]
 
 
+CLASSES = ("Keep only these classes, by name or index, comma-separated (e.g. 0,1,2,3,4 or Sandal,Bag); "
+           "labels become 0..k-1 in the order given.")
+
+
 class DataSpec(Spec):
     source: str = Field("synthetic", json_schema_extra=flag("--data"), description=(
         "Dataset: a folder (ImageFolder layout, an ImageNet-style root with train/ and val/, or a flat "
@@ -46,6 +50,7 @@ class DataSpec(Spec):
         "Use a seeded random subset of N training images (for quick runs)."))
     strict: bool = Field(False, description=(
         "Stop at the first unreadable image file instead of skipping and counting it."))
+    classes: Optional[list[str]] = Field(None, description=CLASSES + " [default: all classes]")
 
     @field_validator("source")
     @classmethod
@@ -53,6 +58,20 @@ class DataSpec(Spec):
         if not v.strip():
             raise ValueError("must name a dataset or a folder")
         return v
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _class_list(cls, v):
+        """'0,1,2' (one flag), ['0,1', '2'] (repeated flags) or [0, 1, 2] (a config file) -> ['0', '1', '2']."""
+        if v is None:
+            return v
+        items = [str(part).strip() for item in ([v] if isinstance(v, (str, int)) else v)
+                 for part in (item.split(",") if isinstance(item, str) else [item])]
+        if not items or not all(items):
+            raise ValueError("must list class names or indices, comma-separated (e.g. 0,1,2 or Sandal,Bag)")
+        if len(set(items)) < len(items):
+            raise ValueError(f"lists a class twice ({', '.join(items)})")
+        return items
 
 
 class AugmentSpec(Spec):
@@ -271,6 +290,8 @@ class EvalDataSpec(DataSpec):
     subset: Optional[int] = Field(None, ge=2, description=(
         "Use a seeded random subset of N training (bank) images."))
     test_subset: Optional[int] = Field(None, ge=1, description="Use a seeded random subset of N test images.")
+    classes: Optional[list[str]] = Field(None, description=CLASSES + (
+        " [default: the checkpoint's classes when --data is not given, else all classes]"))
 
     @field_validator("source")
     @classmethod
@@ -380,6 +401,66 @@ class ExportSpec(Spec):
                            for k in self.data.model_fields_set)
             raise ValueError(f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} only to --embeddings; "
                              "add --embeddings or drop them")
+        return self
+
+
+TRANSFER_MIN_STEPS = 300  # default fine-tuning length for small (few-shot) training sets
+
+
+class TransferDataSpec(EvalDataSpec):
+    source: Optional[str] = Field(None, json_schema_extra=flag("--data"), description=(
+        "Labeled target dataset to fine-tune and test on [default: the checkpoint's data]; same forms as "
+        "pretrain's --data."))
+    subset: Optional[int] = Field(None, ge=2, description="Train on a seeded random subset of N training images.")
+
+
+class TransferOptimSpec(OptimSpec):
+    """Fine-tuning: SGD momentum 0.9, cosine schedule, the backbone at a fraction of the head's lr."""
+    epochs: Optional[int] = Field(None, ge=1, description=(
+        "Number of epochs, the same for the scratch baseline [default: the fewest that make at least "
+        f"{TRANSFER_MIN_STEPS} steps, so a few-shot set gets as many updates as a large one gets in an epoch]."))
+    batch_size: int = Field(64, ge=2, description=(
+        "Images per step; a training set smaller than this is one batch."))
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="Optimiser.")
+    lr: float = Field(0.5, gt=0, description=(
+        "Head learning rate at batch size 256; the rate used is lr x batch_size / 256."))
+    weight_decay: float = Field(5e-4, ge=0, description="Weight decay (backbone and head).")
+    warmup_epochs: float = Field(0.0, ge=0, description="Linear warm-up epochs before the schedule.")
+    schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="Learning-rate schedule after warm-up.")
+    exclude_bias_norm_wd: bool = Field(False, description="Exclude biases and normalisation parameters from weight decay.")
+    backbone_lr_scale: float = Field(0.1, gt=0, description=(
+        "The pretrained backbone's learning rate as a fraction of the head's, so fine-tuning adjusts the "
+        "representation instead of overwriting it (the scratch baseline trains every layer at the full rate)."))
+
+
+class TransferSpec(Spec):
+    kind: Literal["transfer"] = "transfer"
+    checkpoint: Path = Field(..., description="Pretraining (or transfer) checkpoint (.safetensors).")
+    data: TransferDataSpec = Field(default_factory=TransferDataSpec)
+    shots: Optional[int] = Field(None, ge=1, description=(
+        "Train on K labeled images per class, drawn with --seed (the same seed gives the same images) "
+        "[default: the whole train split]."))
+    freeze: bool = Field(False, description=(
+        "Train only a linear head on the frozen backbone (eval mode, BN statistics frozen) instead of "
+        "fine-tuning every layer."))
+    baseline: Optional[Literal["scratch"]] = Field(None, description=(
+        "Also train the same model from random initialisation with the same budget (epochs, steps, data, "
+        "augmentation, schedule; every layer at the full lr) and report the gain of pretraining."))
+    crop_scale: tuple[float, float] = Field((0.2, 1.0), description=(
+        "RandomResizedCrop area range of the training views (plus a horizontal flip)."))
+    out: Optional[Path] = Field(None, description=(
+        "Where to write the fine-tuned model [default: next to the checkpoint, "
+        "<name>.transfer-<target>.safetensors]."))
+    optim: TransferOptimSpec = Field(default_factory=TransferOptimSpec)
+    runtime: EvalRuntimeSpec = Field(default_factory=EvalRuntimeSpec)
+
+    @model_validator(mode="after")
+    def _checks(self) -> "TransferSpec":
+        if self.shots is not None and self.data.subset is not None:
+            raise ValueError("--shots and --subset both choose the training images; pass only one")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1 (got {lo} {hi})")
         return self
 
 

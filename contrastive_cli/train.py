@@ -208,7 +208,7 @@ def prepare(spec: PretrainSpec, resume: Optional[Path] = None, reporter=None) ->
     d = spec.data
     image_size = d.image_size or native_size(d.source, d.root)
     data = open_dataset(d.source, "pretrain", root=d.root, download=d.download, strict=d.strict,
-                        subset=d.subset, seed=spec.runtime.seed, image_size=image_size)
+                        subset=d.subset, seed=spec.runtime.seed, image_size=image_size, classes=d.classes)
     spec = resolve_pretrain(spec, image_size, len(data))
     if resume is not None and data.fingerprint != meta["data"]["fingerprint"]:
         raise UserError(f"The data of {d.source} differs from the data this run was started on "
