@@ -48,8 +48,9 @@ def test_pretrain_writes_checkpoint_spec_and_metrics(pretrained):
     spec = json.loads((pretrained / "spec.json").read_text())
     assert spec["method"]["name"] == "simclr" and spec["method"]["temperature"] == 0.5  # small-image recipe
     records = [json.loads(line) for line in (pretrained / "metrics.jsonl").read_text().splitlines()]
-    assert {"step", "loss", "lr", "images_per_s", "data_wait"} <= set(records[0])
-    assert records[-1]["type"] == "epoch" and "data_wait_share" in records[-1]
+    assert {"step", "loss", "lr", "images_per_s", "data_wait", "augment"} <= set(records[0])
+    assert records[-1]["type"] == "epoch" and 0 <= records[-1]["data_wait_share"] <= 1
+    assert 0 < records[-1]["augment_share"] < 1
 
 
 def test_knn_eval_json_and_several_k(pretrained):
