@@ -5,7 +5,8 @@ step: waiting for the batch, the copy to the device, the view augmentation, forw
 step, momentum update, reading the loss back and writing the metrics line. The model-only bound is the
 same method and optimiser (`train.optimisation_step`) stepping on one batch of views that was augmented
 once and already sits on the device. The two alternate in blocks of steps, so load from other processes
-slows both alike, and each figure is the median over its blocks.
+slows both alike. Each throughput is the median over its blocks; the ratio is the median over block pairs
+(a full block and the model-only block right after it, run under nearly the same load) of their ratio.
 
 Everything runs in a temporary run directory that is deleted afterwards: a benchmark leaves no run
 directory or checkpoint behind. The model-only steps do train the model (on a fixed batch), so the state
@@ -149,7 +150,8 @@ def summary(run: Run, full_s: list[float], model_s: list[float], wait: float, au
         "amp": run.device.type == "cuda" and s.runtime.amp is not False,
         "steps": block * len(full_s), "warmup_steps": WARMUP_STEPS, "block_steps": block, "blocks": len(full_s),
         "untimed_steps_per_block": lead,
-        "full_images_per_s": full, "model_only_images_per_s": bound, "ratio": full / bound,
+        "full_images_per_s": full, "model_only_images_per_s": bound,
+        "ratio": statistics.median(model / full for full, model in zip(full_s, model_s)),  # time ratio = rate ratio
         "full_block_images_per_s": [block * batch / t for t in full_s],
         "model_only_block_images_per_s": [block * batch / t for t in model_s],
         "data_wait_share": wait / timed, "augment_share": augment / timed,

@@ -152,7 +152,7 @@ def run_benchmark(run, steps, as_json):
     console.print(table)
     memory = (f"{r['dataset_in_memory_mib']:.0f} MiB uint8 in memory" if r["dataset_in_memory_mib"]
               else f"{r['streamed_files']} files streamed by {r['workers']} workers")
-    console.print(f"ratio {r['ratio']:.3f} · data wait {100 * r['data_wait_share']:.1f}% · augmentation "
+    console.print(f"ratio {r['ratio']:.3f} (median over pairs of adjacent blocks) · data wait {100 * r['data_wait_share']:.1f}% · augmentation "
                   f"{100 * r['augment_share']:.1f}% of the full step's time")
     console.print(f"peak memory: {r['peak_rss_mib']:.0f} MiB resident (process), "
                   f"{r['peak_worker_rss_mib']:.0f} MiB (largest finished worker) · data: {memory}"
