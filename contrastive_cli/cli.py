@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+from contextlib import nullcontext
 from functools import wraps
 from pathlib import Path
 from typing import Optional
@@ -74,12 +76,13 @@ RESUME = inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=
 class TrainProgress:
     """Rich progress bar with loss, lr, images/s and ETA."""
 
-    def __init__(self, total: int, start: int):
+    def __init__(self, total: int, start: int, disable: bool = False):
         self.bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.4g}  "
                                        "{task.fields[ips]:.0f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=console, transient=False)
+                            console=console, transient=False, disable=disable)
         self.task = self.bar.add_task("train", total=total, completed=start, epoch=0, loss=0.0, lr=0.0, ips=0.0)
+        self.quiet = disable  # --json: stdout holds only the JSON record; a collapse warning goes to stderr
 
     def __call__(self, run, record, images_per_s):
         self.bar.update(self.task, completed=record["step"], epoch=record["epoch"], loss=record["loss"],
@@ -92,9 +95,10 @@ class TrainProgress:
             return
         figures = "  ".join(f"{name} spread {r['spread']:.2f} rank {r['rank']:.0f}"
                             for name, r in c.items() if isinstance(r, dict))
-        console.print(f"epoch {stats['epoch']}: loss {stats['loss']:.4f}  {stats['images_per_s']:.0f} img/s  {figures}")
+        if not self.quiet:
+            console.print(f"epoch {stats['epoch']}: loss {stats['loss']:.4f}  {stats['images_per_s']:.0f} img/s  {figures}")
         if c["alarm"]:
-            console.print(Panel(f"{c['verdict']} after epoch {stats['epoch']}: {c['reason']}", title="Collapse",
+            (errors if self.quiet else console).print(Panel(f"{c['verdict']} after epoch {stats['epoch']}: {c['reason']}", title="Collapse",
                                 border_style="yellow", title_align="left"))
 
 
@@ -102,7 +106,7 @@ RESUMABLE = {("runtime", "device"), ("runtime", "workers"), ("runtime", "amp")}
 
 
 @user_errors
-def run_pretrain(given, config=None, print_spec=False, resume=None):
+def run_pretrain(given, config=None, print_spec=False, resume=None, as_json=False):
     from .train import prepare, train
     spec = merge(PretrainSpec, load_config(config), given)
     if resume is not None:
@@ -116,22 +120,65 @@ def run_pretrain(given, config=None, print_spec=False, resume=None):
         console.print_json(data=run.spec.model_dump(mode="json"))
         return
     s = run.spec
-    console.print(f"[bold]{s.method.name}[/] · {s.backbone.name} ({run.method.feature_dim}-d) · "
-                  f"{run.data.name} ({len(run.data)} images, {s.data.image_size} px) · batch {s.optim.batch_size} · "
-                  f"{s.optim.epochs} epochs · {run.device} → {run.dir}")
-    if run.step:
+    if s.runtime.benchmark:
+        return run_benchmark(run, s.runtime.benchmark, as_json)
+    if not as_json:
+        console.print(f"[bold]{s.method.name}[/] · {s.backbone.name} ({run.method.feature_dim}-d) · "
+                      f"{run.data.name} ({len(run.data)} images, {s.data.image_size} px) · batch {s.optim.batch_size} · "
+                      f"{s.optim.epochs} epochs · {run.device} → {run.dir}")
+    if run.step and not as_json:
         console.print(f"resuming at step {run.step} of {run.total_steps}")
-    progress = TrainProgress(run.total_steps, run.step)
+    progress = TrainProgress(run.total_steps, run.step, disable=as_json)
     with progress.bar:
         stats = train(run, progress, on_epoch=progress.epoch)
+    if as_json:
+        print(json.dumps({**stats, "step": run.step, "checkpoint": str(run.checkpoint_path)}))
+        return
     skipped = f", {len(run.data.skipped)} unreadable files skipped" if run.data.skipped else ""
     console.print(f"done: loss {stats.get('loss', float('nan')):.4f}, {stats.get('images_per_s', 0):.0f} img/s"
                   f"{skipped} → {run.checkpoint_path}")
 
 
-spec_command(app, "pretrain", PretrainSpec, run_pretrain, extra=[CONFIG, PRINT_SPEC, RESUME], help=(
+def run_benchmark(run, steps, as_json):
+    from .benchmark import benchmark
+    s = run.spec
+    with console.status("benchmark: warm-up", spinner="dots") if not as_json else nullcontext() as status:
+        def on_block(kind, done, total):
+            if status is not None:
+                status.update(f"benchmark: {kind} block {done}/{total}")
+        result = benchmark(run, steps, on_block)
+    if as_json:
+        print(json.dumps(result))
+        return
+    r = result
+    console.print(f"[bold]benchmark[/] · {s.method.name} · {s.backbone.name} · {r['data']} ({r['images']} images, "
+                  f"{r['image_size']} px) · batch {r['batch_size']} × {r['views']} views · {r['device']} "
+                  f"({r['threads']} threads{', bf16' if r['amp'] else ''}) · {r['steps']} timed steps of each kind "
+                  f"in {r['blocks']} alternating blocks, after {r['warmup_steps']} warm-up steps · load average "
+                  f"{r['load_average'][0]:.1f} → {r['load_average'][1]:.1f}")
+    table = Table()
+    for col, justify in (("", "left"), ("images/s (median)", "right"), ("ms/step", "right"),
+                         ("blocks (min–max images/s)", "right")):
+        table.add_column(col, justify=justify)
+    batch = r["batch_size"]
+    for name, key in (("full step", "full"), ("model-only bound", "model_only")):
+        blocks = r[f"{key}_block_images_per_s"]
+        table.add_row(name, f"{r[f'{key}_images_per_s']:.1f}", f"{1000 * batch / r[f'{key}_images_per_s']:.0f}",
+                      f"{min(blocks):.1f}–{max(blocks):.1f}")
+    console.print(table)
+    memory = (f"{r['dataset_in_memory_mib']:.0f} MiB uint8 in memory" if r["dataset_in_memory_mib"]
+              else f"{r['streamed_files']} files streamed by {r['workers']} workers")
+    console.print(f"ratio {r['ratio']:.3f} (median over pairs of adjacent blocks) · data wait {100 * r['data_wait_share']:.1f}% · augmentation "
+                  f"{100 * r['augment_share']:.1f}% of the full step's time")
+    console.print(f"peak memory: {r['peak_rss_mib']:.0f} MiB resident (process), "
+                  f"{r['peak_worker_rss_mib']:.0f} MiB (largest finished worker) · data: {memory}"
+                  + (f" · CUDA {r['cuda_peak_mib']:.0f} MiB allocated" if "cuda_peak_mib" in r else ""))
+
+
+spec_command(app, "pretrain", PretrainSpec, run_pretrain, extra=[CONFIG, PRINT_SPEC, RESUME, JSON], help=(
     "Pretrain an encoder with a self-supervised method. Writes checkpoint.safetensors, spec.json and "
-    "metrics.jsonl into the run directory. Values marked 'recipe' come from the method's paper recipe."))
+    "metrics.jsonl into the run directory. Values marked 'recipe' come from the method's paper recipe. "
+    "With --benchmark STEPS, measure throughput against the model-only bound instead (nothing is written)."))
 
 
 # ---- evaluation -----------------------------------------------------------------------------------
@@ -352,6 +399,10 @@ spec_command(app, "transfer", TransferSpec, run_transfer, extra=[CHECKPOINT, CON
 
 
 def entrypoint():
+    # OpenMP threads that wait for work sleep instead of spinning. With more runnable threads than cores (loader
+    # workers, other processes) a spinning thread burns the core its sibling needs, and every parallel op waits
+    # for the slowest: under load this made steps 3x slower (docs/performance.md). Must be set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     app()
 
 

@@ -32,6 +32,7 @@ IN_MEMORY_LIMIT = 20_000  # folders (after split and subset) up to this many ima
 IN_MEMORY_BYTES = 4 << 30  # ... and only while they fit in this much memory (20000 at 256 px: 3.9 GB)
 HELD_OUT_FRACTION = 0.1   # share of an ImageFolder's images that form its "test" split
 FOLDER_SIZE = 224         # default view side for folders
+IDX_CHUNK = 1 << 20  # bytes decompressed per read of an idx file
 FINGERPRINT_IMAGES = 1024  # in-memory fingerprints hash about this many evenly spaced images
 
 IMAGENET_STATS: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -342,7 +343,7 @@ def _load_idx(name: str, train: bool, root: Path, download: bool) -> tuple[torch
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise UserError(f"the {name} files {found[0]} and {found[1]} do not match",
                         "delete them and fetch the dataset again (--download)")
-    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+    return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
 def _find_idx(places: list[Path], prefix: str) -> Optional[tuple[Path, Path]]:
@@ -356,15 +357,41 @@ def _find_idx(places: list[Path], prefix: str) -> Optional[tuple[Path, Path]]:
     return None
 
 
+def _idx_size_matches(path: Path, expected: int) -> bool:
+    """The file's (uncompressed) size is the header's; gzip keeps it modulo 2**32 in its last four bytes."""
+    if path.suffix != ".gz":
+        return path.stat().st_size == expected
+    with open(path, "rb") as raw:
+        raw.seek(-4, os.SEEK_END)
+        return int.from_bytes(raw.read(4), "little") == expected % 2 ** 32
+
+
 def _read_idx(path: Path) -> np.ndarray:
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-        data = f.read()
-    ndim = data[3] if len(data) >= 4 else 0
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, 4)) if len(data) >= 4 + 4 * ndim else ()
-    if data[:3] != b"\x00\x00\x08" or not shape or len(data) != 4 + 4 * ndim + int(np.prod(shape)):
-        raise UserError(f"{path} is not a valid uint8 idx file (truncated or corrupted)",
-                        "delete it and fetch the dataset again (--download)")
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    """A writable array read straight into its own memory (no bytes object and copy: the peak is its size)."""
+    bad = UserError(f"{path} is not a valid uint8 idx file (truncated or corrupted)",
+                    "delete it and fetch the dataset again (--download)")
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            head = f.read(4)
+            ndim = head[3] if len(head) == 4 else 0
+            dims = f.read(4 * ndim)
+            if head[:3] != b"\x00\x00\x08" or not ndim or len(dims) != 4 * ndim:
+                raise bad
+            shape = tuple(int(d) for d in np.frombuffer(dims, ">u4"))
+            if not _idx_size_matches(path, 4 + 4 * ndim + int(np.prod(shape))):  # before allocating it
+                raise bad
+            array = np.empty(shape, np.uint8)
+            view, filled = memoryview(array).cast("B"), 0
+            while filled < array.size:  # in chunks: gzip would decompress into a full-size temporary
+                got = f.readinto(view[filled:filled + IDX_CHUNK])
+                if not got:
+                    raise bad
+                filled += got
+            if f.read(1):
+                raise bad
+    except (OSError, EOFError):  # a damaged gzip stream
+        raise bad from None
+    return array
 
 
 # ---------------------------------------------------------------- folders
@@ -458,16 +485,19 @@ def _open_folder(folder: Path, split: Split, strict: bool, subset: Optional[int]
 
 
 def _into_memory(streamed: ImageSet) -> ImageSet:
-    """Decode every file once (in worker processes when there are many) into one uint8 tensor."""
+    """Decode every file once (in worker processes when there are many) into one uint8 tensor, filled in place
+    so that the peak is the images' own size, not twice it (a list of batches, then their concatenation)."""
     workers = min(4, os.cpu_count() or 1) if len(streamed) > 2000 else 0  # workers cost ~1 s to start
-    parts, kept = [], []
-    for images, _, index in streamed.batches(torch.arange(len(streamed)), 256, workers=workers):
-        parts.append(images)
+    images = torch.empty(len(streamed), streamed.channels, streamed.size, streamed.size, dtype=torch.uint8)
+    kept, filled = [], 0
+    for batch, _, index in streamed.batches(torch.arange(len(streamed)), 256, workers=workers):
+        images[filled:filled + len(batch)] = batch  # unreadable files leave no gap: the rows stay in file order
+        filled += len(batch)
         kept.append(index)
-    kept = torch.cat(kept)
+    kept = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long)
     if len(kept) == len(streamed):  # nothing unreadable: rows are unchanged
-        return replace(streamed, images=torch.cat(parts))
+        return replace(streamed, images=images)
     labels = None if streamed.labels is None else streamed.labels[kept]
     index = kept if streamed.index is None else streamed.index[kept]
-    return replace(streamed, images=torch.cat(parts), files=[streamed.files[i] for i in kept.tolist()], labels=labels,
+    return replace(streamed, images=images[:filled], files=[streamed.files[i] for i in kept.tolist()], labels=labels,
                    index=index)

@@ -155,6 +155,11 @@ class RuntimeSpec(Spec):
     amp: Optional[bool] = Field(None, description="Mixed precision (bf16) on CUDA [default: on for CUDA; no effect on CPU].")
     out: Optional[Path] = Field(None, description="Run directory [default: runs/<method>-<backbone>-<data>].")
     checkpoint_every: int = Field(10, ge=1, description="Write a checkpoint every N epochs (and at the end).")
+    benchmark: Optional[int] = Field(None, ge=1, json_schema_extra=flag("--benchmark"), description=(
+        "Measure instead of training: after warm-up, time STEPS training steps and STEPS model-only steps "
+        "(forward, backward and optimiser step of the same networks on one batch of views already augmented "
+        "and on the device), alternating in blocks, and print both throughputs, their ratio, the shares of "
+        "data wait and augmentation, and peak memory. Nothing is written (see docs/performance.md)."))
 
     @field_validator("device")
     @classmethod

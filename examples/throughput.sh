@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# images/s of `contrastive pretrain` per method: ResNet-18 (ImageNet stem), Fashion-MNIST 28 px, batch 256, two views.
-# Reports the median per-step throughput of 12 steps (the first two, warm-up, excluded).
+# The table of docs/performance.md: for each method, pretraining throughput against the model-only bound.
+# ResNet-18 (ImageNet stem), Fashion-MNIST 28 px, batch 256, two views, default workers and threads.
+#   examples/throughput.sh [STEPS] [extra pretrain flags...]     e.g.  examples/throughput.sh 30 --device cuda
+# Each row is one `contrastive pretrain --method M --data fashion-mnist --benchmark STEPS --json`.
 set -euo pipefail
-out=$(mktemp -d)
+steps=${1:-30}
+shift || true
+echo "| method | full step (images/s) | model-only bound (images/s) | ratio | data wait | augmentation | peak RSS (MiB) | load avg |"
+echo "|---|---|---|---|---|---|---|---|"
 for method in simclr mocov2 byol simsiam; do
-  extra=(); [ "$method" = mocov2 ] && extra=(--queue-size 2048)  # the queue must fit the 3072-image subset
   contrastive pretrain --method "$method" --data fashion-mnist --backbone resnet18 --batch-size 256 \
-    --subset 3072 --epochs 1 "${extra[@]}" --out "$out/$method" >/dev/null
-  python3 - "$out/$method/metrics.jsonl" "$method" <<'PY'
-import json, statistics, sys
-steps = [json.loads(l) for l in open(sys.argv[1]) if '"step"' in l][2:]
-print(f"{sys.argv[2]:8s} {statistics.median(s['images_per_s'] for s in steps):7.0f} images/s  "
-      f"(data wait {100 * sum(s['data_wait'] for s in steps) / sum(256 / s['images_per_s'] for s in steps):.1f}% of step time)")
-PY
+    --benchmark "$steps" --json "$@" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print(f"| {r[\"method\"]} | {r[\"full_images_per_s\"]:.1f} | {r[\"model_only_images_per_s\"]:.1f} | {r[\"ratio\"]:.3f} "
+      f"| {100 * r[\"data_wait_share\"]:.1f}% | {100 * r[\"augment_share\"]:.1f}% | {r[\"peak_rss_mib\"]:.0f} "
+      f"| {r[\"load_average\"][0]:.1f}–{r[\"load_average\"][1]:.1f} |")'
 done
-rm -rf "$out"

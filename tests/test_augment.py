@@ -266,3 +266,83 @@ def test_cuda_matches_cpu_for_the_same_parameters():
     torch.testing.assert_close(out, aug.apply(x.cuda(), p))
     cpu = aug.apply(x, {k: v.cpu() for k, v in p.items()})
     torch.testing.assert_close(out.cpu(), cpu, atol=1e-3, rtol=0)
+
+
+# ---- the views themselves follow each method's recipe (statistics of a large batch) ----
+
+METHODS = ("simclr", "mocov2", "byol", "simsiam")
+N_VIEWS = 4096
+
+
+def recipe(method: str, size: int) -> AugmentSpec:
+    from contrastive_cli.spec import PretrainSpec, resolve_pretrain
+    return resolve_pretrain(PretrainSpec.model_validate({"method": {"name": method}}), size, 10 ** 6).augment
+
+
+def within_4_se(flags: torch.Tensor, p: float) -> bool:
+    return abs(flags.float().mean().item() - p) <= 4 * math.sqrt(p * (1 - p) / len(flags)) + 1e-9
+
+
+def ks_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    grid = torch.cat([a, b]).sort().values
+    cdf = lambda x: torch.searchsorted(x.sort().values, grid, right=True) / len(x)
+    return (cdf(a) - cdf(b)).abs().max().item()
+
+
+def ks_critical(n: int, m: int) -> float:
+    return 1.95 * math.sqrt((n + m) / (n * m))  # alpha = 0.001
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_view_crops_and_flips_follow_the_recipe(method):
+    """Views of coordinate ramps (x in channel 0, y in channel 1) reveal each view's crop box and flip."""
+    side = 32
+    s = recipe(method, side).model_copy(update={"jitter_p": 0.0, "gray_p": 0.0, "solarize_p": (0.0, 0.0)})
+    centres = (torch.arange(side) + 0.5) / side  # pixel centres in relative coordinates: interpolation is exact
+    ramps = torch.stack([centres.expand(side, side), centres[:, None].expand(side, side), torch.zeros(side, side)])
+    views = A.ViewAugment(s, side, (0.0,) * 3, (1.0,) * 3)(ramps.expand(N_VIEWS, 3, side, side), gen())
+    x, y = views[:, 0].mean(1), views[:, 1].mean(2)  # x along each row, y down each column
+    inner = side / (side - 5)  # pixels 2 and side-3: clear of the border clamp for every allowed box
+    width, height = (x[:, -3] - x[:, 2]).abs() * inner, (y[:, -3] - y[:, 2]) * inner
+    area, ratio = width * height, width / height
+    (lo, hi), (rlo, rhi) = s.crop_scale, s.crop_ratio
+    assert area.min() >= lo - 0.005 and area.max() <= hi + 0.005 and area.min() < lo + 0.02 and area.max() > hi - 0.05
+    assert ratio.min() >= rlo - 0.01 and ratio.max() <= rhi + 0.01
+    torch.manual_seed(0)  # torchvision's own sampler, on a large image so that pixel rounding does not matter
+    big = torch.zeros(1, 1024, 1024)
+    reference = torch.tensor([T.RandomResizedCrop.get_params(big, list(s.crop_scale), list(s.crop_ratio))[2:]
+                              for _ in range(2000)]).prod(1) / 1024 ** 2
+    assert ks_distance(area, reference) < ks_critical(len(area), len(reference))
+    assert within_4_se(x[:, -3] < x[:, 2], s.flip_p)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_view_jitter_rate_and_brightness_factors_follow_the_recipe(method):
+    """On a constant gray image every colour op but brightness is the identity, so each view shows its factor."""
+    side, level = 8, 0.25  # 0.25 x the largest factor stays below the solarize threshold
+    s = recipe(method, 32)
+    for view in (0, 1):
+        out = A.ViewAugment(s, side, (0.0,) * 3, (1.0,) * 3, view)(torch.full((N_VIEWS, 1, side, side), level), gen(view))
+        factor = out[:, 0].mean((1, 2)) / level
+        jittered = (factor - 1).abs() > 1e-5
+        assert within_4_se(jittered, s.jitter_p)
+        b = s.jitter[0]
+        factors = factor[jittered]
+        assert factors.min() >= 1 - b - 1e-5 and factors.max() <= 1 + b + 1e-5
+        uniform = torch.linspace(1 - b, 1 + b, 2001)
+        assert ks_distance(factors, uniform) < ks_critical(len(factors), len(uniform))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_view_gray_and_solarize_rates_follow_the_recipe(method):
+    s, side = recipe(method, 32), 8
+    for view in (0, 1):
+        # Unequal channels stay unequal under every op but grayscale (no recipe's jitter zeroes the saturation,
+        # and no channel solarizes onto another's value).
+        colour = torch.tensor([0.9, 0.15, 0.35]).view(1, 3, 1, 1).expand(N_VIEWS, 3, side, side)
+        out = A.ViewAugment(s, side, (0.0,) * 3, (1.0,) * 3, view)(colour, gen(view))
+        assert within_4_se((out[:, 0] - out[:, 1]).abs().amax((1, 2)) < 1e-5, s.gray_p)
+        plain = s.model_copy(update={"jitter_p": 0.0})
+        out = A.ViewAugment(plain, side, (0.0,) * 3, (1.0,) * 3, view)(torch.full((N_VIEWS, 1, side, side), 0.75), gen(view))
+        assert within_4_se((out[:, 0].mean((1, 2)) - 0.25).abs() < 1e-5, s.solarize_p[view])

@@ -48,8 +48,9 @@ def test_pretrain_writes_checkpoint_spec_and_metrics(pretrained):
     spec = json.loads((pretrained / "spec.json").read_text())
     assert spec["method"]["name"] == "simclr" and spec["method"]["temperature"] == 0.5  # small-image recipe
     records = [json.loads(line) for line in (pretrained / "metrics.jsonl").read_text().splitlines()]
-    assert {"step", "loss", "lr", "images_per_s", "data_wait"} <= set(records[0])
-    assert records[-1]["type"] == "epoch" and "data_wait_share" in records[-1]
+    assert {"step", "loss", "lr", "images_per_s", "data_wait", "augment"} <= set(records[0])
+    assert records[-1]["type"] == "epoch" and 0 <= records[-1]["data_wait_share"] <= 1
+    assert 0 < records[-1]["augment_share"] < 1
 
 
 def test_knn_eval_json_and_several_k(pretrained):
@@ -156,3 +157,11 @@ def test_checkpoints_are_ordinary_readable_files(pretrained):
 def test_linear_probe_on_a_split_smaller_than_the_batch(pretrained):
     result = invoke("linear-probe", pretrained, "--epochs", 1, "--lr", 1.0, "--json", "--subset", 40, "--test-subset", 20)
     assert result.exit_code == 0, result.output
+
+
+def test_pretrain_json_prints_the_last_epoch_record_instead_of_the_progress_bar(in_tmp):
+    result = invoke("pretrain", *TINY, "--method", "simsiam", "--out", "run", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["epoch"] == 1 and record["step"] == 2 and record["checkpoint"] == str(Path("run/checkpoint.safetensors"))
+    assert {"loss", "images_per_s", "data_wait_share", "augment_share"} <= set(record)

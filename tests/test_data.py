@@ -171,6 +171,18 @@ def test_mnist_in_torchvision_layout(tmp_path):
         open_dataset("mnist", "test", root=tmp_path)
 
 
+def test_idx_files_with_a_false_size_or_a_damaged_gzip_are_refused(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((7, 28, 28)))
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x7f\xff\xff\xff" + bytes(7))  # claims 2 GB
+    with pytest.raises(UserError, match="not a valid"):
+        open_dataset("mnist", "test", root=tmp_path)
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00 not gzip data")
+    with pytest.raises(UserError, match="not a valid"):
+        open_dataset("mnist", "test", root=tmp_path)
+
+
 @pytest.mark.skipif(not data.DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's fashion-mnist is not installed")
 def test_fashion_mnist_from_debian(tmp_path):
     train = open_dataset("fashion-mnist", "train", root=tmp_path)
