@@ -263,19 +263,24 @@ def test_a_probe_file_is_not_a_source(pretrained, tmp_path):
 
 # ---- learning on real data (slow) -----------------------------------------------------------------
 
-# Measured budget, margins per seed in docs/transfer.md: SimCLR on Fashion-MNIST classes 0-4 (labels unused),
-# then 10 labeled images per class of classes 5-9 (sandals, shirts, sneakers, bags, ankle boots).
+# Measured budget, per-seed numbers in docs/transfer.md: SimCLR on 10,000 Fashion-MNIST images for 10 epochs (labels
+# unused), then 10 labeled images per class of the synthetic shapes, fine-tuned for 300 steps; the same steps from
+# random initialisation are the baseline. Seeds 0-4 gained 18.8, 23.1, 20.9, 11.9 and 19.8 points of top-1.
 PRETRAIN = {"method": "simclr", "epochs": 10, "subset": 10000}
-MARGIN = 5.0  # points of top-1
+MARGIN = 10.0  # points of top-1, on the mean gain of two seeds (measured: 21.0)
 
 
 @pytest.mark.slow
 @needs_fashion_mnist
-def test_pretrained_encoder_beats_scratch_few_shot_on_unseen_fashion_mnist_classes(tmp_path):
+def test_pretrained_encoder_beats_scratch_few_shot_on_another_dataset(tmp_path):
     checkpoint = pretrain_source(tmp_path / "source", **PRETRAIN)
-    r = transfer_run(checkpoint, shots=10, seed=0, out=tmp_path / "t.safetensors")
-    pre, scratch = r["results"]
-    print(f"\npretrained {pre['top1']:.2f}  scratch {scratch['top1']:.2f}  gain {r['gain']['top1']:+.2f}  "
-          f"({r['steps']} steps each; {pre['seconds']} s + {scratch['seconds']} s)")
-    assert r["train_images"] == 50 and r["test_images"] == 5000
-    assert pre["top1"] >= scratch["top1"] + MARGIN, r
+    gains = []
+    for seed in (0, 1):  # each seed draws its own shots, head initialisation and augmentation
+        r = transfer_run(checkpoint, target="synthetic", shots=10, seed=seed, out=tmp_path / f"t{seed}.safetensors")
+        pre, scratch = r["results"]
+        print(f"\nseed {seed}: pretrained {pre['top1']:.2f}  scratch {scratch['top1']:.2f}  "
+              f"gain {r['gain']['top1']:+.2f}  ({r['steps']} steps each)")
+        assert r["train_images"] == 100 and r["test_images"] == 1000 and r["steps"] == 300
+        assert pre["top1"] > scratch["top1"], r
+        gains.append(pre["top1"] - scratch["top1"])
+    assert sum(gains) / len(gains) >= MARGIN, gains
