@@ -173,6 +173,10 @@ def run_benchmark(run, steps, as_json):
     console.print(f"peak memory: {r['peak_rss_mib']:.0f} MiB resident (process), "
                   f"{r['peak_worker_rss_mib']:.0f} MiB (largest finished worker) · data: {memory}"
                   + (f" · CUDA {r['cuda_peak_mib']:.0f} MiB allocated" if "cuda_peak_mib" in r else ""))
+    if r["load_average"][0] > (os.cpu_count() or 1) and r["device"] == "cpu":
+        console.print(f"[yellow]The load average was {r['load_average'][0]:.1f} on {os.cpu_count()} cores when the benchmark "
+                      "started: other programs compete for the CPU, so these figures are low and noisy. If this is how "
+                      "the machine is used, try OMP_WAIT_POLICY=PASSIVE (docs/performance.md#the-openmp-wait-policy).[/]")
 
 
 spec_command(app, "pretrain", PretrainSpec, run_pretrain, extra=[CONFIG, PRINT_SPEC, RESUME, JSON], help=(
@@ -399,10 +403,6 @@ spec_command(app, "transfer", TransferSpec, run_transfer, extra=[CHECKPOINT, CON
 
 
 def entrypoint():
-    # OpenMP threads that wait for work sleep instead of spinning. With more runnable threads than cores (loader
-    # workers, other processes) a spinning thread burns the core its sibling needs, and every parallel op waits
-    # for the slowest: under load this made steps 3x slower (docs/performance.md). Must be set before torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     app()
 
 
