@@ -63,7 +63,7 @@ PRINT_SPEC = inspect.Parameter("print_spec", inspect.Parameter.KEYWORD_ONLY, ann
 JSON = inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                          default=typer.Option(False, "--json", help="Print machine-readable results."))
 CHECKPOINT = inspect.Parameter("checkpoint", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path,
-                               default=typer.Argument(..., help="Pretraining checkpoint (.safetensors) or its run directory.",
+                               default=typer.Argument(..., help="Checkpoint (.safetensors) of pretrain or transfer, or a pretrain run directory.",
                                                       show_default=False))
 RESUME = inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                            default=typer.Option(None, "--resume", help=(

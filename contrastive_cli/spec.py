@@ -297,6 +297,8 @@ class EvalDataSpec(DataSpec):
     test_subset: Optional[int] = Field(None, ge=1, description="Use a seeded random subset of N test images.")
     classes: Optional[list[str]] = Field(None, description=CLASSES + (
         " [default: the checkpoint's classes when --data is not given, else all classes]"))
+    image_size: Optional[int] = Field(None, ge=8, le=1024, description=(
+        "Side of the views in pixels [default: the checkpoint's image size]."))
 
     @field_validator("source")
     @classmethod
@@ -308,7 +310,7 @@ class EvalDataSpec(DataSpec):
 
 class KnnSpec(Spec):
     kind: Literal["knn-eval"] = "knn-eval"
-    checkpoint: Path = Field(..., description="Pretraining checkpoint (.safetensors).")
+    checkpoint: Path = Field(..., description="Pretrain or transfer checkpoint (.safetensors).")
     data: EvalDataSpec = Field(default_factory=EvalDataSpec)
     k: list[Annotated[int, Field(ge=1)]] = Field([200], description=(
         "Number of neighbours; repeat the flag to evaluate several k at once."))
@@ -322,6 +324,7 @@ class InspectDataSpec(EvalDataSpec):
         "Number of images inspected (a seeded random subset of the test split, or of the whole dataset when it "
         "has none)."))
     test_subset: Optional[int] = Field(None, exclude=True, json_schema_extra={"flag": None})
+    image_size: Optional[int] = Field(None, exclude=True, json_schema_extra={"flag": None})  # views: the checkpoint's
 
 
 class InspectSpec(Spec):
@@ -350,7 +353,7 @@ class ProbeOptimSpec(OptimSpec):
 
 class LinearProbeSpec(Spec):
     kind: Literal["linear-probe"] = "linear-probe"
-    checkpoint: Path = Field(..., description="Pretraining checkpoint (.safetensors).")
+    checkpoint: Path = Field(..., description="Pretrain or transfer checkpoint (.safetensors).")
     data: EvalDataSpec = Field(default_factory=EvalDataSpec)
     optim: ProbeOptimSpec = Field(default_factory=ProbeOptimSpec)
     crop_scale: tuple[float, float] = Field((0.08, 1.0), description=(
