@@ -229,13 +229,18 @@ def select_classes(wanted: list[str], classes: Optional[list[str]], labels, name
     return picked
 
 
-def _relabel(labels: torch.Tensor, picked: list[int], num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(indices of the images of the picked classes, in dataset order; their new labels 0..k-1)."""
-    lookup = torch.full((num_classes,), -1, dtype=torch.long)
+def _keep_classes(wanted: list[str], classes: Optional[list[str]], labels, name: str
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(indices of the images of the `wanted` classes, in dataset order; their labels 0..k-1 in the order
+    wanted; the kept class names in that order)."""
+    picked = select_classes(wanted, classes, labels, name)
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    lookup = torch.full((int(labels.max()) + 1 if classes is None else len(classes),), -1, dtype=torch.long)
     lookup[torch.tensor(picked)] = torch.arange(len(picked))
     mapped = lookup[labels]
     keep = (mapped >= 0).nonzero().squeeze(1)
-    return keep, mapped[keep]
+    names = classes or [str(i) for i in range(len(lookup))]
+    return keep, mapped[keep], [names[i] for i in picked]
 
 
 def _subset(count: int, subset: Optional[int], seed: int) -> Optional[torch.Tensor]:
@@ -267,9 +272,8 @@ def _open_named(name: str, split: Split, root: Path, download: bool, subset: Opt
                 wanted: Optional[list[str]] = None) -> ImageSet:
     images, labels, classes, split_read = _load_named(name, split, root, download)
     if wanted is not None:
-        picked = select_classes(wanted, classes, labels, f"{name} ({split_read} split)")
-        keep, labels = _relabel(labels, picked, len(classes))
-        images, classes = images[keep], [classes[i] for i in picked]
+        keep, labels, classes = _keep_classes(wanted, classes, labels, f"{name} ({split_read} split)")
+        images = images[keep]
     keep = _subset(len(images), subset, seed)
     if keep is not None:
         images, labels = images[keep], None if labels is None else labels[keep]
@@ -461,9 +465,8 @@ def _open_folder(folder: Path, split: Split, strict: bool, subset: Optional[int]
                  wanted: Optional[list[str]] = None) -> ImageSet:
     base, found, labels, classes, split_read = _folder_split(folder, split)
     if wanted is not None and found:
-        picked = select_classes(wanted, classes, labels, f"{folder} ({split_read} split)")
-        keep, new_labels = _relabel(torch.tensor(labels, dtype=torch.long), picked, len(classes))
-        found, labels, classes = [found[i] for i in keep.tolist()], new_labels.tolist(), [classes[i] for i in picked]
+        keep, labels, classes = _keep_classes(wanted, classes, labels, f"{folder} ({split_read} split)")
+        found, labels = [found[i] for i in keep.tolist()], labels.tolist()
     if not found:
         held_out = base == folder and split_read != "all"  # the ImageFolder's hashed split came out empty
         raise UserError(f"no image files found in {base}" + (f" for the {split_read} split" if held_out else ""),

@@ -55,19 +55,22 @@ def build_method(spec: PretrainSpec) -> Method:
 # ---- optimisation ------------------------------------------------------------------------------
 
 
+def decay_groups(params: list, lr: float, o, **extra) -> list[dict]:
+    """Parameter groups at `lr`: all of `params` with weight decay, or, when the recipe excludes biases and norm
+    weights from decay (o.exclude_bias_norm_wd), the matrices with it and the vectors without."""
+    split = ([p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]) \
+        if o.exclude_bias_norm_wd else (params, [])
+    return [{"params": ps, "weight_decay": wd, "base_lr": lr, "lr": lr, "fixed_lr": False, **extra}
+            for ps, wd in zip(split, (o.weight_decay, 0.0)) if ps]
+
+
 def param_groups(method: Method, spec: PretrainSpec) -> list[dict]:
     """The method's groups, each split into decayed and non-decayed (biases, norm weights) when the recipe says so."""
     o = spec.optim
     lr = o.lr * o.batch_size / 256  # linear scaling rule
     groups = []
     for group in method.parameter_groups():
-        params = group.pop("params")
-        fixed = bool(group.pop("fixed_lr", False))
-        split = ([p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]) \
-            if o.exclude_bias_norm_wd else (params, [])
-        for ps, wd in zip(split, (o.weight_decay, 0.0)):
-            if ps:
-                groups.append({"params": ps, "weight_decay": wd, "base_lr": lr, "fixed_lr": fixed, "lr": lr})
+        groups += decay_groups(group.pop("params"), lr, o, fixed_lr=bool(group.pop("fixed_lr", False)))
     return groups
 
 
@@ -81,11 +84,15 @@ def fused(device: torch.device) -> dict:
     return {"fused": True} if device.type in _get_fused_kernels_supported_devices() else {}
 
 
-def build_optimizer(method: Method, spec: PretrainSpec, device: torch.device) -> torch.optim.Optimizer:
-    groups, o = param_groups(method, spec), spec.optim
+def make_optimizer(groups: list[dict], o, device: torch.device) -> torch.optim.Optimizer:
+    """The spec's optimiser (SGD with momentum, or AdamW) over `groups`, fused where the device has the kernels."""
     if o.optimizer == "adamw":
         return torch.optim.AdamW(groups, betas=(o.optimizer_momentum, 0.999), **fused(device))
     return torch.optim.SGD(groups, momentum=o.optimizer_momentum, **fused(device))
+
+
+def build_optimizer(method: Method, spec: PretrainSpec, device: torch.device) -> torch.optim.Optimizer:
+    return make_optimizer(param_groups(method, spec), spec.optim, device)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones=(0.6, 0.8)) -> float:

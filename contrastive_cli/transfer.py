@@ -24,7 +24,7 @@ from .errors import UserError
 from .evaluate import accuracy, checkpoint_data, extract, load_encoder, num_classes, open_labeled
 from .models import build_backbone
 from .spec import TRANSFER_MIN_STEPS, TransferSpec
-from .train import default_workers, lr_factor, pick_device
+from .train import decay_groups, default_workers, lr_factor, make_optimizer, pick_device, set_lr
 
 Progress = Callable[[str, int, int, float], None]  # (row, step, steps, loss)
 
@@ -77,18 +77,10 @@ def fit(model: Classifier, data: ImageSet, indices: torch.Tensor, spec: Transfer
     model.backbone.requires_grad_(not freeze)
     if freeze:
         model.backbone.eval()  # BN statistics stay the pretrained ones; no backbone tensor changes
-    groups = [(model.head, base_lr)] + ([] if freeze else [(model.backbone, base_lr * backbone_lr_scale)])
-    param_groups = []
-    for module, lr in groups:
-        params = list(module.parameters())
-        split = ([p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]) \
-            if o.exclude_bias_norm_wd else (params, [])
-        param_groups += [{"params": ps, "weight_decay": wd, "base_lr": lr, "lr": lr}
-                         for ps, wd in zip(split, (o.weight_decay, 0.0)) if ps]
-    if o.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(param_groups, betas=(o.optimizer_momentum, 0.999))
-    else:
-        optimizer = torch.optim.SGD(param_groups, momentum=o.optimizer_momentum)
+    groups = decay_groups(list(model.head.parameters()), base_lr, o)
+    if not freeze:
+        groups += decay_groups(list(model.backbone.parameters()), base_lr * backbone_lr_scale, o)
+    optimizer = make_optimizer(groups, o, device)
     train_view = crop_flip_view(spec.crop_scale, *view)
     total, warmup = o.epochs * steps_per_epoch, round(o.warmup_epochs * steps_per_epoch)
     generator, step, workers = torch.Generator(device=device), 0, default_workers(spec.runtime.workers)
@@ -98,8 +90,7 @@ def fit(model: Classifier, data: ImageSet, indices: torch.Tensor, spec: Transfer
         for x, y, _ in data.batches(order[:steps_per_epoch * batch_size], batch_size, workers=workers, drop_last=True):
             generator.manual_seed(seed * 1_000_003 + step)
             x = train_view(x.to(device, non_blocking=True), generator)
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * lr_factor(step, total, warmup, o.schedule, o.milestones)
+            set_lr(optimizer, lr_factor(step, total, warmup, o.schedule, o.milestones))
             loss = F.cross_entropy(model(x), y.to(device))
             if not torch.isfinite(loss):
                 raise UserError(f"The loss became {loss.item()} at step {step + 1} of fine-tuning",
