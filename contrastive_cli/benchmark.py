@@ -28,7 +28,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .train import Run, TrainingStopped, default_workers, optimisation_step, train
+from .runtime import default_workers
+from .train import Run, TrainingStopped, optimisation_step, train
 
 WARMUP_STEPS = 3  # untimed steps of each kind first: allocator, oneDNN/cuDNN kernel choice, thread pools
 BLOCK_STEPS = 5  # steps per timed block; blocks of full and model-only steps alternate

@@ -16,11 +16,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 from .errors import UserError
 
@@ -127,3 +128,41 @@ def strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tens
 
 def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---- a method's training state ------------------------------------------------------------------
+
+
+def encoder_prefix(method: nn.Module) -> str:
+    """Where the exported encoder sits in the method's state dict ('backbone.', or e.g. the teacher's name)."""
+    encoder = method.exported_encoder()
+    return next(name for name, module in method.named_modules() if module is encoder) + "."
+
+
+def state_tensors(method: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """backbone.* the exported encoder (torchvision keys for a plain ResNet), method.* the rest of the method."""
+    prefix = encoder_prefix(method)
+    tensors = {f"backbone.{k}": v for k, v in method.exported_encoder().state_dict().items()}
+    tensors.update({f"method.{k}": v for k, v in method.state_dict().items() if not k.startswith(prefix)})
+    for i, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            tensors[f"optim.{i}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    tensors["rng.torch"] = torch.get_rng_state()
+    return tensors
+
+
+def load_state(method: nn.Module, optimizer: Optional[torch.optim.Optimizer], tensors: dict[str, torch.Tensor]) -> None:
+    prefix = encoder_prefix(method)
+    state = {prefix + k: v for k, v in strip(tensors, "backbone.").items()}
+    state.update(strip(tensors, "method."))
+    method.load_state_dict(state, strict=True)
+    if optimizer is not None:
+        saved = optimizer.state_dict()
+        per_param: dict[int, dict] = {}
+        for key, value in strip(tensors, "optim.").items():
+            i, name = key.split(".", 1)
+            per_param.setdefault(int(i), {})[name] = value
+        saved["state"] = per_param
+        optimizer.load_state_dict(saved)
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])

@@ -73,20 +73,33 @@ RESUME = inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=
 # ---- pretrain -----------------------------------------------------------------------------------
 
 
+STEP_FIELDS = {"step", "epoch", "loss", "lr", "images_per_s", "data_wait", "augment"}
+
+
+def method_scalars(record: dict) -> str:
+    """What the method reports besides its loss, e.g. '  I ≥ 4.91 of 6.23 nats' for the InfoNCE bound."""
+    shown = {k: v for k, v in record.items() if k not in STEP_FIELDS}
+    text = ""
+    if "mi_bound" in shown:
+        text += f"  I ≥ {shown.pop('mi_bound'):.2f} of {shown.pop('mi_max', float('nan')):.2f} nats"
+    return text + "".join(f"  {k} {v:.4g}" for k, v in shown.items())
+
+
 class TrainProgress:
     """Rich progress bar with loss, lr, images/s and ETA."""
 
     def __init__(self, total: int, start: int, disable: bool = False):
         self.bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.4g}  "
+                            TextColumn("loss {task.fields[loss]:.4f}{task.fields[scalars]}  lr {task.fields[lr]:.4g}  "
                                        "{task.fields[ips]:.0f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
                             console=console, transient=False, disable=disable)
-        self.task = self.bar.add_task("train", total=total, completed=start, epoch=0, loss=0.0, lr=0.0, ips=0.0)
+        self.task = self.bar.add_task("train", total=total, completed=start, epoch=0, loss=0.0, lr=0.0, ips=0.0,
+                                      scalars="")
         self.quiet = disable  # --json: stdout holds only the JSON record; a collapse warning goes to stderr
 
     def __call__(self, run, record, images_per_s):
         self.bar.update(self.task, completed=record["step"], epoch=record["epoch"], loss=record["loss"],
-                        lr=record["lr"], ips=images_per_s)
+                        lr=record["lr"], ips=images_per_s, scalars=method_scalars(record))
 
     def epoch(self, run, stats):
         """One line per epoch with the collapse monitor's figures; a visible warning on collapse."""

@@ -4,10 +4,23 @@ pretraining monitor computes the two cheap ones (std of normalised embeddings, e
 
 from __future__ import annotations
 
+import json
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
+
+from . import checkpoint as ckpt
+from .augment import ViewAugment, center_view
+from .errors import UserError
+from .evaluate import load_encoder, open_data
+from .methods import SPECS
+from .methods.base import build_method
+from .plot import spectrum_plot
+from .runtime import default_workers, pick_device, seed_step
+from .spec import SMALL_IMAGE, AugmentSpec, PretrainSpec
 
 HEALTHY = "healthy"
 DIMENSIONAL = "dimensional collapse"
@@ -144,22 +157,42 @@ def sparkline(spectrum, width: int = 48, floor: float = 1e-12) -> str:
 # ---- the encoder's representations ---------------------------------------------------------------
 
 
-def representations(path, device) -> tuple[dict, dict]:
-    """{'backbone': module[, 'projector': module]} in eval mode, and the checkpoint's metadata. The projector
-    output is the embedding the pretraining loss saw (the one SimSiam's and Jing et al.'s curves are drawn on)."""
-    from pydantic import ValidationError
-    from torch import nn
+class CollapseMonitor:
+    """Each epoch of pretraining: spread and effective rank of the method's embeddings (Method.embeddings: the
+    encoder's features and the projector's output) on a fixed batch of training images; centre views in eval mode,
+    so training state and RNG are untouched."""
 
-    from . import checkpoint as ckpt
-    from .errors import UserError
-    from .evaluate import load_encoder
-    from .spec import PretrainSpec
-    from .train import build_method, load_state
+    def __init__(self, data, spec, device):
+        m = spec.monitor
+        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(spec.runtime.seed + 17))
+        x, _, _ = next(data.batches(pick[:m.images].sort().values, m.images, workers=0))
+        self.views = center_view(x.to(device), spec.data.image_size, data.mean, data.std)
+        self.thresholds = (m.min_spread, m.min_rank_share)
+        self.patience, self.streak = m.patience, 0
 
+    @torch.no_grad()
+    def __call__(self, method) -> dict:
+        method.eval()
+        embeddings = method.embeddings(self.views)
+        method.train()
+        stats = {name: cheap_stats(z) for name, z in embeddings.items()}
+        verdicts = {name: judge(st, *self.thresholds) for name, st in stats.items()}
+        verdict = worst(v for v, _ in verdicts.values())
+        reason = "; ".join(f"{name}: {why}" for name, (v, why) in verdicts.items() if v == verdict)
+        self.streak = self.streak + 1 if verdict != HEALTHY else 0
+        figures = {name: {k: round(st[k], 4) for k in ("spread", "std_ratio", "rank", "rank_share")}
+                   for name, st in stats.items()}
+        return {"verdict": verdict, "reason": reason, "alarm": self.streak >= self.patience, **figures}
+
+
+def representations(path, device) -> tuple[Callable[[torch.Tensor], dict], dict]:
+    """A function from a batch to its named embeddings, and the checkpoint's metadata. A pretrain checkpoint gives
+    the method's own (Method.embeddings: the encoder's features and the embedding its loss saw, the one SimSiam's
+    and Jing et al.'s curves are drawn on); a transfer checkpoint its encoder's features."""
     meta = ckpt.read_meta(path, kinds=("pretrain", "transfer"))
     if meta["kind"] != "pretrain":
         backbone, meta = load_encoder(path, device)
-        return {"backbone": backbone}, meta
+        return lambda x: {"backbone": backbone(x)}, meta
     tensors, meta = ckpt.load(path, kinds=("pretrain",))
     try:
         spec = PretrainSpec.model_validate(meta["spec"])
@@ -168,50 +201,40 @@ def representations(path, device) -> tuple[dict, dict]:
                         f"({err.error_count()} problem(s), first: {'.'.join(map(str, err.errors()[0]['loc']))}: "
                         f"{err.errors()[0]['msg']})", "inspect it with the version that wrote it, or export its "
                         "backbone and inspect that") from None
-    method = build_method(spec)
-    load_state(method, None, {k: v for k, v in tensors.items() if k.startswith(("backbone.", "method."))})
+    method = build_method(spec, meta["data"]["images"])
+    ckpt.load_state(method, None, {k: v for k, v in tensors.items() if k.startswith(("backbone.", "method."))})
     method.eval().requires_grad_(False).to(device)
-    reps = {"backbone": method.backbone}
-    if isinstance(getattr(method, "projector", None), nn.Module):
-        reps["projector"] = nn.Sequential(method.backbone, method.projector)
-    return reps, meta
+    return method.embeddings, meta
 
 
-def inspection_augment(meta: dict):
+def inspection_augment(meta: dict) -> AugmentSpec:
     """The pretraining augmentation of the checkpoint (its positive pairs); MoCo v2's recipe for others."""
-    from .methods.mocov2 import MoCoV2
-    from .spec import AugmentSpec, SMALL_IMAGE
-
     if meta["kind"] == "pretrain":
         return AugmentSpec.model_validate(meta["spec"]["augment"])
-    return AugmentSpec.model_validate(MoCoV2.recipe(meta["image_size"] < SMALL_IMAGE)["augment"])
+    return AugmentSpec.model_validate(SPECS["mocov2"].recipe(meta["image_size"] < SMALL_IMAGE)["augment"])
 
 
 @torch.no_grad()
-def embed_views(reps: dict, data, meta: dict, device, batch_size: int, workers: int, seed: int) -> dict:
+def embed_views(embed: Callable[[torch.Tensor], dict], data, meta: dict, device, batch_size: int, workers: int,
+                seed: int) -> dict:
     """For each representation: embeddings of the centre view and of two augmented views of every image."""
-    from .augment import ViewAugment, center_view
-
     size, norm = meta["image_size"], meta["normalize"]
     augment = inspection_augment(meta)
     pair = [ViewAugment(augment, size, norm["mean"], norm["std"], view=v) for v in (0, 1)]
     generator = torch.Generator(device=device)
-    out = {name: ([], [], []) for name in reps}
+    out: dict[str, tuple[list, list, list]] = {}
     for step, (x, _, _) in enumerate(data.batches(torch.arange(len(data)), batch_size, workers=workers)):
         x = x.to(device, non_blocking=True)
-        generator.manual_seed(seed * 1_000_003 + step)
+        seed_step(generator, seed, step)
         views = [center_view(x, size, norm["mean"], norm["std"])] + [p(x, generator) for p in pair]
-        for name, module in reps.items():
-            for store, view in zip(out[name], views):
-                store.append(module(view).float().cpu())
+        for i, view in enumerate(views):
+            for name, z in embed(view).items():
+                out.setdefault(name, ([], [], []))[i].append(z.float().cpu())
     return {name: [torch.cat(s) for s in stores] for name, stores in out.items()}
 
 
 def open_inspected(spec, meta: dict):
     """N images of --data (default: the checkpoint's data), from its test split when it has one."""
-    from .errors import UserError
-    from .evaluate import open_data
-
     try:
         return open_data(spec.data, meta, "test", spec.runtime.seed, spec.data.subset)
     except UserError:
@@ -220,18 +243,11 @@ def open_inspected(spec, meta: dict):
 
 def inspect_collapse(spec) -> dict:
     """Every diagnostic for each representation, a verdict per representation and overall, and the report files."""
-    import json
-
-    from . import checkpoint as ckpt
-    from .errors import UserError
-    from .plot import spectrum_plot
-    from .train import default_workers, pick_device
-
     device = pick_device(spec.runtime.device)
     path = ckpt.resolve_path(spec.checkpoint)
-    reps, meta = representations(path, device)
+    embed, meta = representations(path, device)
     data = open_inspected(spec, meta)
-    embeddings = embed_views(reps, data, meta, device, spec.runtime.batch_size,
+    embeddings = embed_views(embed, data, meta, device, spec.runtime.batch_size,
                              default_workers(spec.runtime.workers), spec.runtime.seed)
     th = spec.thresholds
     result = {"checkpoint": str(path), "method": meta.get("method"), "backbone": meta["backbone"]["name"],

@@ -14,9 +14,10 @@ from . import checkpoint as ckpt
 from .augment import center_view, crop_flip_view
 from .data import ImageSet, open_dataset
 from .errors import UserError
-from .models import build_backbone
+from .methods.base import build_encoder
+from .optim import decay_groups, lr_factor, make_optimizer, set_lr
 from .spec import DataSpec, EvalDataSpec, KnnSpec, LinearProbeSpec
-from .train import default_workers, pick_device
+from .runtime import default_workers, epoch_order, pick_device, seed_step
 
 
 ENCODER_KINDS = ("pretrain", "transfer")  # checkpoints whose backbone.* tensors are an encoder to evaluate
@@ -29,8 +30,7 @@ def load_encoder(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
     if not tensors:
         raise UserError(f"{meta['path']} holds no backbone weights (no 'backbone.*' tensors)",
                         "pass a checkpoint written by `contrastive pretrain` or `contrastive transfer`")
-    info = meta["backbone"]
-    backbone, _ = build_backbone(info["name"], **info["kwargs"])
+    backbone, _ = build_encoder(meta["backbone"])
     backbone.load_state_dict(ckpt.strip(tensors, "backbone."), strict=True)
     backbone.eval().requires_grad_(False)
     return backbone.to(device), meta
@@ -138,22 +138,16 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 
 def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
     """Linear classifier on frozen features (MoCo: SGD momentum 0.9, lr 30, wd 0, x0.1 at 60%/80% of epochs)."""
-    from .train import lr_factor
     device = pick_device(spec.runtime.device)
     backbone, meta = load_encoder(spec.checkpoint, device)
     train_set = open_labeled(spec.data, meta, "train", spec.runtime.seed)
     test_set = open_labeled(spec.data, meta, "test", spec.runtime.seed)
-    classes, workers, o = num_classes(train_set, test_set), default_workers(spec.runtime.workers), spec.optim
-    torch.manual_seed(spec.runtime.seed)
+    classes, workers, o, seed = num_classes(train_set, test_set), default_workers(spec.runtime.workers), spec.optim, spec.runtime.seed
+    torch.manual_seed(seed)
     classifier = nn.Linear(meta["feature_dim"], classes).to(device)
     nn.init.normal_(classifier.weight, std=0.01)
     nn.init.zeros_(classifier.bias)
-    base_lr = o.lr * o.batch_size / 256
-    opt_cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.SGD
-    kwargs = {"betas": (o.optimizer_momentum, 0.999)} if o.optimizer == "adamw" else {"momentum": o.optimizer_momentum}
-    groups = [{"params": [classifier.weight]},
-              {"params": [classifier.bias], "weight_decay": 0.0 if o.exclude_bias_norm_wd else o.weight_decay}]
-    optimizer = opt_cls(groups, lr=base_lr, weight_decay=o.weight_decay, **kwargs)
+    optimizer = make_optimizer(decay_groups(list(classifier.parameters()), o.lr * o.batch_size / 256, o), o, device)
     norm, size = meta["normalize"], spec.data.image_size or meta["image_size"]
     train_view = crop_flip_view(spec.crop_scale, size, norm["mean"], norm["std"])
     cached = extract(backbone, train_set, size, norm, device, spec.runtime.batch_size, workers) if spec.cached else None
@@ -162,7 +156,7 @@ def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
     total, warmup = o.epochs * steps_per_epoch, round((o.warmup_epochs or 0) * steps_per_epoch)
     generator, step, t0 = torch.Generator(device=device), 0, time.perf_counter()
     for epoch in range(o.epochs):
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(spec.runtime.seed + epoch))
+        order = epoch_order(len(train_set), seed, epoch)
         if cached is not None:
             batches = ((cached[0][i], cached[1][i]) for i in order[:steps_per_epoch * batch_size].split(batch_size))
         else:
@@ -170,11 +164,9 @@ def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device)
             if cached is None:
-                generator.manual_seed(spec.runtime.seed * 1_000_003 + step)
                 with torch.no_grad():
-                    x = backbone(train_view(x, generator))
-            for g in optimizer.param_groups:
-                g["lr"] = base_lr * lr_factor(step, total, warmup, o.schedule, o.milestones)
+                    x = backbone(train_view(x, seed_step(generator, seed, step)))
+            set_lr(optimizer, lr_factor(step, total, warmup, o.schedule, o.milestones))
             loss = F.cross_entropy(classifier(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

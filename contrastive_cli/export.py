@@ -26,7 +26,7 @@ from . import checkpoint as ckpt
 from .errors import UserError
 from .evaluate import feature_batches, load_encoder, open_data
 from .spec import ExportSpec
-from .train import default_workers, pick_device
+from .runtime import default_workers, pick_device
 
 EXPORT_FORMAT = "contrastive-export"
 EXPORT_VERSION = 1

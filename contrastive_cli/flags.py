@@ -123,7 +123,8 @@ def _model_of(annotation) -> Optional[type[BaseModel]]:
 
 def method_flags() -> list[Flag]:
     names = tuple(METHOD_SPECS)
-    flags = [Flag(("method", "name"), "--method", str, "Self-supervised method. Choices: " + ", ".join(names) + ".",
+    papers = ", ".join(f"{name} ({spec.paper})" if spec.paper else name for name, spec in METHOD_SPECS.items())
+    flags = [Flag(("method", "name"), "--method", str, f"Self-supervised method, oldest first: {papers}.",
                   "mocov2", names)]
     merged: dict[str, Flag] = {}
     for method, model in METHOD_SPECS.items():

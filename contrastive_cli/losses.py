@@ -6,6 +6,8 @@ in-batch negatives grow with the global batch as in the papers.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -56,3 +58,20 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor, stop_gradient: bool = True
 def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """BYOL's ||p̂ - ẑ'||² = 2 - 2 cos(p, stopgrad(z')), averaged over the batch."""
     return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=1)).mean()
+
+
+def nce(scores: torch.Tensor, n_data: int) -> torch.Tensor:
+    """InstDisc's NCE (lemniscate NCECriterion): scores [B, 1+K] are model probabilities P(i|f) of the positive
+    (column 0) and K noise samples drawn uniformly (Pn = 1/N). With h = P / (P + K·Pn), the posterior that a sample
+    came from the data, L = −(1/B) Σ [log h(positive) + Σ_noise log(1 − h(noise))]."""
+    k_pn = (scores.shape[1] - 1) / n_data
+    eps = 1e-7  # as in the official code: keeps the logs finite when a score underflows
+    log_h_positive = torch.log(scores[:, 0] / (scores[:, 0] + k_pn + eps))
+    log_one_minus_h_noise = torch.log(k_pn / (scores[:, 1:] + k_pn + eps))
+    return -(log_h_positive.sum() + log_one_minus_h_noise.sum()) / len(scores)
+
+
+def mi_bound(loss: torch.Tensor, candidates: int) -> dict[str, torch.Tensor | float]:
+    """The InfoNCE readout (CPC, seed 004): I(x; y) ≥ log(N) − L_N, with N = 1 + negatives the candidates the loss
+    really scored. It cannot exceed log N, so it saturates there however much the views share; both are logged."""
+    return {"mi_bound": math.log(candidates) - loss.detach(), "mi_max": math.log(candidates)}

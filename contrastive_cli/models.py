@@ -71,12 +71,6 @@ def build_backbone(name: str, stem: str = "imagenet") -> tuple[nn.Module, int]:
     return net, dim
 
 
-def backbone_info(name: str, stem: str, feature_dim: int) -> dict:
-    """What a checkpoint records to rebuild the backbone without the run spec."""
-    return {"name": name, "kwargs": {"stem": stem}, "feature_dim": feature_dim,
-            "torchvision": name.startswith("resnet")}
-
-
 class SplitBatchNorm(nn.BatchNorm2d):
     """Batch norm computed separately over `splits` sub-batches in training, as if each were on its own GPU
     (MoCo's single-GPU CIFAR demo); eval mode, parameters and state-dict keys are those of BatchNorm2d."""

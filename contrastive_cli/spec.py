@@ -14,6 +14,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SpecError
+from .methods import SPECS
 
 DATASET_NAMES = ("synthetic", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "svhn")
 SMALL_IMAGE = 64  # views below this side get the small-image adaptations (CIFAR-style recipes)
@@ -190,92 +191,21 @@ class MonitorSpec(CollapseThresholds):
         "End the run, with a checkpoint, when the monitor sees collapse (exit code 4)."))
 
 
-# ---- methods: one sub-spec each, fields default to None where the recipe depends on image size ----
+# ---- methods: each method's spec lives beside its module (methods/<name>_spec.py), found by the registry ----
 
-Temperature = Annotated[float, Field(gt=0)]
-TEMPERATURE = "Softmax temperature of the contrastive loss."
-Dim = Annotated[int, Field(ge=1)]
-HeadNorm = Literal["bn", "ln", "none"]
-# Ablation knobs of the non-contrastive methods: the paper recipe is the default; turning one off reproduces the
-# collapse the papers report (docs/inspect-collapse.md).
-PREDICTOR = "Ablation: use the predictor MLP (off: the online projection regresses the target directly, which collapses)."
-PROJ_NORM = "Ablation: normalisation in the projector MLP: bn (recipe), ln or none."
-PRED_NORM = "Ablation: normalisation in the predictor MLP's hidden layer: bn (recipe), ln or none."
-
-
-class SimCLRSpec(Spec):
-    name: Literal["simclr"] = "simclr"
-    temperature: Optional[Temperature] = Field(None, description=TEMPERATURE)
-    proj_hidden_dim: Dim = Field(2048, description="Hidden width of the projector MLP.")
-    proj_dim: Dim = Field(128, description="Output width of the projector (the embedding).")
-
-
-class MoCoV2Spec(Spec):
-    name: Literal["mocov2"] = "mocov2"
-    temperature: Optional[Temperature] = Field(None, description=TEMPERATURE)
-    proj_hidden_dim: Dim = Field(2048, description="Hidden width of the projector MLP.")
-    proj_dim: Dim = Field(128, description="Output width of the projector (the embedding).")
-    queue_size: Optional[int] = Field(None, ge=1, description=(
-        "MoCo: number of negative keys in the queue (a multiple of the batch size)."))
-    momentum: Optional[float] = Field(None, ge=0, le=1, description=(
-        "Momentum-encoder EMA coefficient (BYOL: the base value of its cosine schedule)."))
-    symmetric: bool = Field(False, description="MoCo: symmetrised loss (both view orders), as in the CIFAR demo.")
-    bn_splits: int = Field(8, ge=1, description=(
-        "MoCo: ShuffleBN on one device: batch norm over this many sub-batches (as if on as many GPUs) and the "
-        "key batch shuffled across them, so BN statistics cannot leak which key is the positive (1: off)."))
-
-
-class BYOLSpec(Spec):
-    name: Literal["byol"] = "byol"
-    proj_hidden_dim: Dim = Field(4096, description="Hidden width of the projector MLP.")
-    proj_dim: Dim = Field(256, description="Output width of the projector (the embedding).")
-    pred_hidden_dim: Dim = Field(4096, description="Hidden width of the predictor MLP.")
-    momentum: Optional[float] = Field(None, ge=0, le=1, description=(
-        "Momentum-encoder EMA coefficient (BYOL: the base value of its cosine schedule)."))
-    predictor: bool = Field(True, description=PREDICTOR)
-    proj_norm: HeadNorm = Field("bn", description=PROJ_NORM)
-    pred_norm: HeadNorm = Field("bn", description=PRED_NORM)
-
-
-class SimSiamSpec(Spec):
-    name: Literal["simsiam"] = "simsiam"
-    proj_hidden_dim: Dim = Field(2048, description="Hidden width of the projector MLP.")
-    proj_dim: Dim = Field(2048, description="Output width of the projector (the embedding).")
-    pred_hidden_dim: Dim = Field(512, description="Hidden width of the predictor MLP.")
-    proj_layers: Optional[Annotated[int, Field(ge=1)]] = Field(None, description=(
-        "SimSiam: number of Linear layers in the projector (3 on ImageNet, 2 for small images)."))
-    fix_pred_lr: bool = Field(True, description="SimSiam: keep the predictor's lr constant (not decayed).")
-    stop_gradient: bool = Field(True, description=(
-        "SimSiam ablation: stop the gradient through the target branch (off: the paper's collapsing variant)."))
-    predictor: bool = Field(True, description=PREDICTOR)
-    proj_norm: HeadNorm = Field("bn", description=PROJ_NORM)
-    pred_norm: HeadNorm = Field("bn", description=PRED_NORM)
-
-
-MethodSpec = Annotated[Union[SimCLRSpec, MoCoV2Spec, BYOLSpec, SimSiamSpec], Field(discriminator="name")]
-METHOD_SPECS: dict[str, type[Spec]] = {
-    "simclr": SimCLRSpec, "mocov2": MoCoV2Spec, "byol": BYOLSpec, "simsiam": SimSiamSpec}
+METHOD_SPECS = SPECS
+MethodSpec = Annotated[Union[tuple(SPECS.values())], Field(discriminator="name")]
 
 
 class PretrainSpec(Spec):
     kind: Literal["pretrain"] = "pretrain"
-    method: MethodSpec = Field(default_factory=lambda: MoCoV2Spec())
+    method: MethodSpec = Field(default_factory=lambda: SPECS["mocov2"]())
     data: DataSpec = Field(default_factory=DataSpec)
     backbone: BackboneSpec = Field(default_factory=BackboneSpec)
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     monitor: MonitorSpec = Field(default_factory=MonitorSpec)
-
-    @model_validator(mode="after")
-    def _queue_fits_batch(self) -> "PretrainSpec":
-        q = getattr(self.method, "queue_size", None)
-        b = self.optim.batch_size
-        if q is not None and q < b:
-            raise ValueError(f"queue_size ({q}) must be at least the batch size ({b})")
-        if q is not None and q % b:
-            raise ValueError(f"queue_size ({q}) must be a multiple of the batch size ({b})")
-        return self
 
 
 class EvalRuntimeSpec(Spec):
@@ -502,9 +432,7 @@ def validate(model: type[Spec], data: dict, flag_of: dict[tuple, str] | None = N
 def resolve_pretrain(spec: PretrainSpec, image_size: int, n_images: int) -> PretrainSpec:
     """Fill the None fields from the method's recipe (small-image variant below SMALL_IMAGE px) and check what
     needs the data: the result is the concrete spec that is printed, saved and embedded in checkpoints."""
-    from .methods import METHODS
-    method_cls = METHODS[spec.method.name]
-    recipe = method_cls.recipe(small=image_size < SMALL_IMAGE)
+    recipe = type(spec.method).recipe(small=image_size < SMALL_IMAGE)
     data = spec.model_dump()
     data["data"]["image_size"] = image_size
     for section in ("method", "optim", "augment"):
@@ -515,15 +443,10 @@ def resolve_pretrain(spec: PretrainSpec, image_size: int, n_images: int) -> Pret
     if spec.optim.warmup_epochs is None:  # the recipe's warm-up (10 of 100+ epochs) takes at most a tenth of a short run
         optim["warmup_epochs"] = min(optim["warmup_epochs"], optim["epochs"] / 10)
     resolved = validate(PretrainSpec, data)
-    problems = method_cls.check(resolved)
+    problems = resolved.method.check(resolved, n_images)
     if resolved.optim.batch_size > n_images:
         problems.append(f"optim.batch_size (--batch-size): {resolved.optim.batch_size} is larger than the "
                         f"{n_images} training images; use a smaller batch size or more data")
-    q = getattr(resolved.method, "queue_size", None)
-    if q is not None and q > n_images >= resolved.optim.batch_size:
-        problems.append(f"method.queue_size (--queue-size): the queue ({q} keys) is larger than the dataset "
-                        f"({n_images} images), so it would hold several keys of the same image; use a queue of "
-                        f"at most {n_images // resolved.optim.batch_size * resolved.optim.batch_size}")
     if resolved.optim.warmup_epochs >= resolved.optim.epochs:
         problems.append(f"optim.warmup_epochs (--warmup-epochs): {resolved.optim.warmup_epochs} must be "
                         f"shorter than the run ({resolved.optim.epochs} epochs)")

@@ -22,9 +22,10 @@ from .augment import crop_flip_view
 from .data import ImageSet
 from .errors import UserError
 from .evaluate import accuracy, checkpoint_data, extract, load_encoder, num_classes, open_labeled
-from .models import build_backbone
+from .methods.base import build_encoder
+from .optim import decay_groups, lr_factor, make_optimizer, set_lr
 from .spec import TRANSFER_MIN_STEPS, TransferSpec
-from .train import decay_groups, default_workers, lr_factor, make_optimizer, pick_device, set_lr
+from .runtime import default_workers, epoch_order, pick_device, seed_step
 
 Progress = Callable[[str, int, int, float], None]  # (row, step, steps, loss)
 
@@ -86,10 +87,9 @@ def fit(model: Classifier, data: ImageSet, indices: torch.Tensor, spec: Transfer
     generator, step, workers = torch.Generator(device=device), 0, default_workers(spec.runtime.workers)
     loss = torch.tensor(float("nan"))
     for epoch in range(o.epochs):
-        order = indices[torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed * 100003 + epoch))]
+        order = indices[epoch_order(len(indices), seed, epoch)]
         for x, y, _ in data.batches(order[:steps_per_epoch * batch_size], batch_size, workers=workers, drop_last=True):
-            generator.manual_seed(seed * 1_000_003 + step)
-            x = train_view(x.to(device, non_blocking=True), generator)
+            x = train_view(x.to(device, non_blocking=True), seed_step(generator, seed, step))
             set_lr(optimizer, lr_factor(step, total, warmup, o.schedule, o.milestones))
             loss = F.cross_entropy(model(x), y.to(device))
             if not torch.isfinite(loss):
@@ -143,8 +143,7 @@ def transfer(spec: TransferSpec, progress: Optional[Progress] = None) -> dict:
         # Nothing to preserve in a random backbone: every layer trains at the full lr, even with --freeze
         # (a frozen random backbone would measure random features, not training from scratch).
         torch.manual_seed(spec.runtime.seed)
-        info = meta["backbone"]
-        scratch = Classifier(build_backbone(info["name"], **info["kwargs"])[0], meta["feature_dim"], len(classes))
+        scratch = Classifier(build_encoder(meta["backbone"])[0], meta["feature_dim"], len(classes))
         rows.append(run("scratch", scratch, False, 1.0, "all layers (full lr)"))
     source_method = meta.get("method") or meta.get("source", {}).get("method")
     result = {

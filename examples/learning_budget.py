@@ -17,7 +17,8 @@ import torch
 from contrastive_cli.data import open_dataset
 from contrastive_cli.evaluate import extract, weighted_knn
 from contrastive_cli.spec import PretrainSpec
-from contrastive_cli.train import build_method, prepare, train
+from contrastive_cli.methods.base import build_method
+from contrastive_cli.train import prepare, train
 
 
 def knn_top1(bank, bank_labels, queries, labels, k, t) -> dict[int, float]:
@@ -49,11 +50,11 @@ def learning_run(method: str, out, *, epochs: int, subset: int, bank: int = 1000
     pixels = knn_top1(bank_set.images.flatten(1).float(), bank_set.labels,
                       query_set.images.flatten(1).float(), query_set.labels, k, t)
     torch.manual_seed(seed)
-    random_init = encoder_knn(build_method(run.spec).backbone)
+    random_init = encoder_knn(build_method(run.spec, len(run.data)).exported_encoder())
     start = time.perf_counter()
     stats = train(run)
     seconds = time.perf_counter() - start
-    pretrained = encoder_knn(run.method.backbone)
+    pretrained = encoder_knn(run.method.exported_encoder())
     epochs = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines() if '"type": "epoch"' in line]
     return {"method": method, "k": k, "pretrained": pretrained[k], "random_init": random_init[k], "pixels": pixels[k],
             "at_k20": {"pretrained": pretrained[20], "random_init": random_init[20], "pixels": pixels[20]},

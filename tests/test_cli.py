@@ -88,7 +88,7 @@ def test_print_spec_shows_the_resolved_recipe(in_tmp):
     (["--lr", "-1"], ["--lr", "greater than 0"]),
     (["--batch-size", "1"], ["--batch-size", "greater than or equal to 2"]),
     (["--method", "simclr", "--temperature", "0"], ["--temperature", "greater than 0"]),
-    (["--queue-size", "16", "--batch-size", "32"], ["queue_size (16) must be at least the batch size (32)"]),
+    (["--queue-size", "100000"], ["--queue-size", "larger than the dataset"]),
     (["--method", "simclr", "--queue-size", "4096"], ["--queue-size does not apply to method simclr"]),
     (["--data", "no/such/folder"], ["no/such/folder"]),
     (["--device", "cuda:x"], ["--device"]),

@@ -45,7 +45,8 @@ def test_pretraining_learns_the_embedded_synthetic_shapes(tmp_path):
     from contrastive_cli.data import open_dataset
     from contrastive_cli.evaluate import extract, weighted_knn
     from contrastive_cli.spec import PretrainSpec
-    from contrastive_cli.train import build_method, prepare, train
+    from contrastive_cli.methods.base import build_method
+    from contrastive_cli.train import prepare, train
 
     run = prepare(PretrainSpec.model_validate({"method": {"name": "simclr"}, "backbone": {"name": "small_cnn"},
                                                "optim": {"epochs": 30}, "runtime": {"out": str(tmp_path / "r")}}))
@@ -59,10 +60,10 @@ def test_pretraining_learns_the_embedded_synthetic_shapes(tmp_path):
         return weighted_knn(b, bl, q, ql, [20], 0.1, 10)[20]["top1"]
 
     torch.manual_seed(0)
-    random_init = knn(build_method(run.spec).backbone)
+    random_init = knn(build_method(run.spec, len(run.data)).exported_encoder())
     pixels = weighted_knn(bank.images.flatten(1).float(), bank.labels, queries.images.flatten(1).float(),
                           queries.labels, [20], 0.1, 10)[20]["top1"]
     train(run)
-    pretrained = knn(run.method.backbone)
+    pretrained = knn(run.method.exported_encoder())
     print(f"\nsynthetic simclr: pretrained {pretrained:.1f}  random-init {random_init:.1f}  pixels {pixels:.1f}")
     assert pretrained >= random_init + 10 and pretrained >= pixels + 4

@@ -5,18 +5,14 @@ import math
 import pytest
 import torch
 
-from contrastive_cli.methods import METHODS
-from contrastive_cli.methods.base import KeyQueue, cosine_momentum, ema_update, momentum_copy
-from contrastive_cli.models import build_backbone
-from contrastive_cli.spec import METHOD_SPECS, PretrainSpec, resolve_pretrain
+from contrastive_cli.methods.base import KeyQueue, build_method, cosine_momentum, ema_update, momentum_copy
+from contrastive_cli.spec import PretrainSpec, resolve_pretrain
 
 
-def make(name, **fields):
-    spec = PretrainSpec.model_validate({"method": {"name": name, **fields}, "backbone": {"name": "small_cnn"},
+def make(name, backbone="small_cnn", **fields):
+    spec = PretrainSpec.model_validate({"method": {"name": name, **fields}, "backbone": {"name": backbone},
                                         "optim": {"batch_size": 8}})
-    spec = resolve_pretrain(spec, 32, 10_000)
-    backbone, dim = build_backbone("small_cnn")
-    return METHODS[name](spec.method, backbone, dim)
+    return build_method(resolve_pretrain(spec, 32, 10_000), 10_000)
 
 
 def test_queue_is_fifo_and_keeps_its_size():
@@ -103,16 +99,6 @@ def test_simsiam_gradient_reaches_encoder_only_through_predictor_branch():
     assert z.grad is None or z.grad.abs().sum() == 0
 
 
-@pytest.mark.parametrize("name", list(METHOD_SPECS))
-def test_every_method_returns_a_finite_differentiable_loss(name):
-    torch.manual_seed(0)
-    method = make(name)
-    loss = method([torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)])["loss"]
-    assert torch.isfinite(loss)
-    loss.backward()
-    assert method.backbone.features[0][0].weight.grad is not None
-
-
 def test_split_batchnorm_normalises_each_sub_batch_on_its_own():
     from contrastive_cli.models import SplitBatchNorm
     torch.manual_seed(0)
@@ -140,10 +126,7 @@ def test_shuffle_bn_keys_come_back_in_batch_order():
 
 def test_mocov2_backbone_keeps_torchvision_keys_with_split_bn():
     import torchvision
-    spec = PretrainSpec.model_validate({"method": {"name": "mocov2"}, "optim": {"batch_size": 8}})
-    spec = resolve_pretrain(spec, 32, 10_000)
-    backbone, dim = build_backbone("resnet18")
-    method = METHODS["mocov2"](spec.method, backbone, dim)
+    method = make("mocov2", backbone="resnet18")
     reference = torchvision.models.resnet18()
     reference.fc = torch.nn.Identity()
     reference.load_state_dict(method.backbone.state_dict(), strict=True)

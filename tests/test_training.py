@@ -11,7 +11,8 @@ from safetensors import safe_open
 from contrastive_cli import checkpoint as ckpt
 from contrastive_cli.errors import UserError
 from contrastive_cli.spec import PretrainSpec
-from contrastive_cli.train import TrainingStopped, lr_factor, prepare, train
+from contrastive_cli.optim import lr_factor
+from contrastive_cli.train import TrainingStopped, prepare, train
 
 
 def tiny_spec(tmp_path, method="mocov2", **optim):

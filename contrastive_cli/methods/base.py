@@ -1,41 +1,68 @@
-"""What methods share: the Method interface with its small hooks, momentum encoders and the key queue.
+"""The torch half of the method layer: the Method interface with its small hooks, how methods and encoders are
+built from a spec, and the parts several methods share (momentum encoders, the key queue, the memory bank).
 
-A method is an nn.Module holding the backbone and its heads. The training loop only calls:
-  views(augment, size, mean, std) -> the view pipelines of a step (hook: multi-crop methods return more),
-  forward(views, indices) -> dict with 'loss' (indices: dataset positions, for memory-bank methods),
-  parameter_groups() -> optimiser groups (hook: e.g. SimSiam's fixed-lr predictor),
-  after_step(progress) -> e.g. the EMA update of momentum encoders (hook: momentum_pairs()),
-and `recipe(small)` gives the paper's defaults, `check(spec)` rejects spec combinations that cannot work.
+A method is an nn.Module holding its encoder (`self.backbone`) and heads. The training loop knows no method: it
+builds one with build_method and only calls the hooks below. Every hook has a default, so a method overrides only
+what it changes:
+
+  views(augment, size, mean, std)        the augmentation pipelines of a step (any number, any sizes)
+  forward(views, indices, progress)      -> {'loss': ..., other scalars logged to metrics.jsonl and the bar}
+  parameter_groups()                     optimiser groups (e.g. SimSiam's fixed-lr predictor)
+  before_optimizer_step(progress)        between backward and the step (e.g. freezing prototypes)
+  after_step(progress)                   after the step: EMA of momentum_pairs() by default
+  exported_encoder()                     the network that checkpoints export and evaluations use
+  embeddings(x)                          the representations the collapse monitor and inspect-collapse judge
+  encoder_info(spec) / build_encoder()   how to (re)build that encoder, recorded in checkpoints
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import math
+from typing import Callable, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from ..augment import ViewAugment
+from ..models import build_backbone
+from . import SPECS
 
 
 class Method(nn.Module):
-    name: str = ""
+    name: ClassVar[str] = ""
 
-    def __init__(self, spec, backbone: nn.Module, feature_dim: int):
+    def __init__(self, spec, encoder: nn.Module, feature_dim: int, n_images: int):
+        """`spec`: the resolved PretrainSpec; `encoder`: built from encoder_info(spec), `feature_dim` wide;
+        `n_images`: training images (memory banks have one entry each)."""
         super().__init__()
-        self.spec = spec
-        self.backbone = backbone
+        self.spec = spec.method
+        self.backbone = encoder
         self.feature_dim = feature_dim
 
-    # ---- hooks -----------------------------------------------------------------------------
-    @staticmethod
-    def recipe(small: bool) -> dict:
-        """Paper defaults for the None fields of the spec: {'method': {...}, 'optim': {...}, 'augment': {...}}."""
-        return {}
+    # ---- construction ------------------------------------------------------------------------
+    @classmethod
+    def encoder_info(cls, spec) -> dict:
+        """What checkpoints record to rebuild the exported encoder without the method's training state: a plain
+        backbone by default. A method with an encoder of its own returns {'method': cls.name, 'name': ...,
+        'kwargs': {...}} and defines `build_encoder(**kwargs) -> (module, feature_dim)`."""
+        return {"name": spec.backbone.name, "kwargs": {"stem": spec.backbone.stem}}
 
-    @staticmethod
-    def check(spec) -> list[str]:
-        """Problems with a resolved PretrainSpec that only this method knows about."""
-        return []
+    # ---- training hooks ----------------------------------------------------------------------
+    def views(self, augment, size: int, mean, std) -> list[Callable]:
+        """The augmentation pipelines of one step, one per view, each (uint8 batch, generator) -> tensor."""
+        return [ViewAugment(augment, size, mean, std, view=v) for v in (0, 1)]
+
+    # forward(views, indices=None, progress=0.0) -> {"loss": ..., **scalars} is each method's own.
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimiser groups; by default one group of every trainable parameter. A group may set fixed_lr=True."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def before_optimizer_step(self, progress: float) -> None:
+        """Called after backward, before the optimiser step (gradients can still be changed)."""
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """(online, momentum) module pairs updated by EMA after each step."""
@@ -45,19 +72,6 @@ class Method(nn.Module):
         """EMA coefficient at `progress` in [0, 1] of training (constant unless the method schedules it)."""
         return self.spec.momentum
 
-    def parameter_groups(self) -> list[dict]:
-        """Optimiser groups; by default one group of every trainable parameter."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
-
-    @staticmethod
-    def views(augment, size: int, mean, std) -> list:
-        """The augmentation pipelines of one step, one per view: two views by default."""
-        from ..augment import ViewAugment
-        return [ViewAugment(augment, size, mean, std, view=v) for v in (0, 1)]
-
-    # forward(views, indices=None) -> {"loss": ...} is each method's own (nn.Module requires it).
-
-    # ---- shared behaviour ------------------------------------------------------------------
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
         pairs = self.momentum_pairs()
@@ -66,9 +80,52 @@ class Method(nn.Module):
             for online, target in pairs:
                 ema_update(online, target, m)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone features used by the evaluations."""
-        return self.backbone(x)
+    # ---- what evaluation, export and diagnostics read -----------------------------------------
+    def exported_encoder(self) -> nn.Module:
+        """The encoder saved as `backbone.*` in checkpoints and used by every evaluation (DINO: the teacher)."""
+        return self.backbone
+
+    def embeddings(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named representations of a batch for the collapse diagnostics: the encoder's features and, where the
+        method has a projector, the embedding its loss sees."""
+        h = self.exported_encoder()(x)
+        head = getattr(self, "projector", None)
+        return {"backbone": h, **({"projector": head(h)} if isinstance(head, nn.Module) else {})}
+
+
+# ---- the registry's torch half -----------------------------------------------------------------
+
+
+def method_class(name: str) -> type[Method]:
+    """The Method subclass named `name` in methods/<module>.py, the module its spec was found beside."""
+    module = importlib.import_module(f"{__package__}.{SPECS[name].module}")
+    for obj in vars(module).values():
+        if isinstance(obj, type) and issubclass(obj, Method) and obj.name == name:
+            return obj
+    raise ImportError(f"{module.__name__} defines no Method subclass with name = {name!r}")
+
+
+def build_encoder(info: dict) -> tuple[nn.Module, int]:
+    """The encoder a checkpoint's `backbone` record describes (Method.encoder_info), at random initialisation."""
+    if "method" in info:
+        return method_class(info["method"]).build_encoder(**info["kwargs"])
+    return build_backbone(info["name"], **info["kwargs"])
+
+
+def encoder_record(spec, feature_dim: int) -> dict:
+    """encoder_info plus what readers need without rebuilding it; 'torchvision': the keys load into torchvision."""
+    info = method_class(spec.method.name).encoder_info(spec)
+    return {**info, "feature_dim": feature_dim,
+            "torchvision": "method" not in info and info["name"].startswith("resnet")}
+
+
+def build_method(spec, n_images: int) -> Method:
+    cls = method_class(spec.method.name)
+    encoder, dim = build_encoder(cls.encoder_info(spec))
+    return cls(spec, encoder, dim, n_images)
+
+
+# ---- shared parts --------------------------------------------------------------------------------
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:
@@ -94,16 +151,52 @@ def cosine_momentum(base: float, progress: float) -> float:
 
 
 class KeyQueue(nn.Module):
-    """MoCo's FIFO queue of L2-normalised keys; its buffers are saved in checkpoints."""
+    """MoCo's FIFO queue of L2-normalised keys; its buffers are saved in checkpoints. Pushes of any length wrap
+    around the end, so a short batch (skipped files) or a size that is no multiple of the batch is fine."""
 
     def __init__(self, size: int, dim: int):
         super().__init__()
-        self.register_buffer("keys", nn.functional.normalize(torch.randn(size, dim), dim=1))
+        self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
     def push(self, keys: torch.Tensor) -> None:
-        """Replace the oldest len(keys) entries (size is a multiple of the batch, so no wrap inside a push)."""
-        n, start = len(keys), int(self.ptr)
-        self.keys[start:start + n] = keys.to(self.keys.dtype)
-        self.ptr.fill_((start + n) % len(self.keys))
+        """Replace the oldest len(keys) entries (the newest `size` of them, if more)."""
+        size = len(self.keys)
+        keys = keys[-size:]
+        slots = (self.ptr + torch.arange(len(keys), device=self.keys.device)) % size  # no host sync
+        self.keys[slots] = keys.to(self.keys.dtype)
+        self.ptr.copy_((self.ptr + len(keys)) % size)
+
+
+class MemoryBank(nn.Module):
+    """InstDisc's memory bank: one feature per training image, refreshed as images are seen, and the NCE scores of
+    features against sampled entries. Saved in checkpoints, so resume is exact.
+
+    lemniscate.pytorch: entries start uniform in ±1/sqrt(d/3); after a step the seen image's entry becomes
+    normalise(m·entry + (1−m)·feature); scores are exp(v·f/τ)/Z with Z fixed at the first step to N × the mean
+    exp(v·f/τ) of that step's samples (a Monte-Carlo estimate of the partition function)."""
+
+    def __init__(self, n_images: int, dim: int):
+        super().__init__()
+        stdv = 1.0 / math.sqrt(dim / 3)
+        self.register_buffer("features", torch.rand(n_images, dim).mul_(2 * stdv).sub_(stdv))
+        self.register_buffer("z", torch.full((), -1.0))  # NCE normalising constant; < 0 until the first step
+
+    def sample(self, indices: torch.Tensor, negatives: int) -> torch.Tensor:
+        """[B, 1+K] bank rows: each image's own entry first, then K drawn uniformly (with replacement, as in the
+        official code) from the CPU generator, which checkpoints save."""
+        noise = torch.randint(0, len(self.features), (len(indices), negatives)).to(indices.device)
+        return torch.cat([indices[:, None], noise], dim=1)
+
+    def nce_scores(self, f: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
+        """P(i|f) = exp(v_i·f/τ)/Z for the sampled rows [B, 1+K]; Z is estimated once, at the first call."""
+        weights = self.features[rows].detach()  # [B, 1+K, d]
+        scores = torch.bmm(weights, f.unsqueeze(2)).squeeze(2).div(temperature).exp()
+        self.z.copy_(torch.where(self.z < 0, scores.detach().mean() * len(self.features), self.z))  # no host sync
+        return scores / self.z
+
+    @torch.no_grad()
+    def update(self, f: torch.Tensor, indices: torch.Tensor, momentum: float) -> None:
+        entries = self.features[indices] * momentum + f.detach().to(self.features.dtype) * (1 - momentum)
+        self.features[indices] = F.normalize(entries, dim=1)

@@ -17,19 +17,9 @@ def byol_mlp(in_dim: int, hidden: int, out: int, norm: str = "bn"):
 class BYOL(Method):
     name = "byol"
 
-    @staticmethod
-    def recipe(small: bool) -> dict:
-        # Paper: LARS, base lr 0.45 (<=100 epochs), wd 1e-6, warm-up 10 epochs + cosine, tau_base 0.99.
-        # Here plain SGD, which needs the usual small-batch SGD lr and weight decay.
-        optim = {"optimizer": "sgd", "lr": 0.2, "weight_decay": 1e-5 if small else 1e-6, "warmup_epochs": 10,
-                 "schedule": "cosine", "exclude_bias_norm_wd": True}
-        method = {"momentum": 0.99}
-        augment = {"crop_scale": (0.08, 1.0), "jitter_p": 0.8, "jitter": (0.4, 0.4, 0.2, 0.1),
-                   "jitter_random_order": True, "gray_p": 0.2, "blur_p": (1.0, 0.1), "solarize_p": (0.0, 0.2)}
-        return {"optim": optim, "method": method, "augment": augment}
-
-    def __init__(self, spec, backbone, feature_dim):
-        super().__init__(spec, backbone, feature_dim)
+    def __init__(self, spec, backbone, feature_dim, n_images):
+        super().__init__(spec, backbone, feature_dim, n_images)
+        spec = self.spec
         self.projector = byol_mlp(feature_dim, spec.proj_hidden_dim, spec.proj_dim, spec.proj_norm)
         # without a predictor the online projection regresses the target's directly: the paper's collapsing ablation
         self.predictor = (byol_mlp(spec.proj_dim, spec.pred_hidden_dim, spec.proj_dim, spec.pred_norm)
@@ -43,7 +33,7 @@ class BYOL(Method):
     def momentum(self, progress):
         return cosine_momentum(self.spec.momentum, progress)
 
-    def forward(self, views, indices=None):
+    def forward(self, views, indices=None, progress=0.0):
         p1, p2 = (self.predictor(self.projector(self.backbone(x))) for x in views)
         with torch.no_grad():
             t1, t2 = (self.target_projector(self.target_backbone(x)) for x in views)

@@ -4,7 +4,7 @@ other view, produced by a momentum encoder, and a FIFO queue of past keys as neg
 import torch
 import torch.nn.functional as F
 
-from ..losses import info_nce
+from ..losses import info_nce, mi_bound
 from ..models import Layer, mlp, split_batchnorm
 from .base import KeyQueue, Method, momentum_copy
 
@@ -12,26 +12,9 @@ from .base import KeyQueue, Method, momentum_copy
 class MoCoV2(Method):
     name = "mocov2"
 
-    @staticmethod
-    def recipe(small: bool) -> dict:
-        # ImageNet: official code with --mlp --moco-t 0.2 --aug-plus --cos; small images: the CIFAR demo.
-        optim = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 5e-4 if small else 1e-4,
-                 "warmup_epochs": 0, "schedule": "cosine", "exclude_bias_norm_wd": False}
-        method = {"temperature": 0.1 if small else 0.2, "queue_size": 4096 if small else 65536,
-                  "momentum": 0.99 if small else 0.999}
-        augment = {"crop_scale": (0.08, 1.0) if small else (0.2, 1.0), "jitter_p": 0.8,
-                   "jitter": (0.4, 0.4, 0.4, 0.1), "jitter_random_order": True, "gray_p": 0.2,
-                   "blur_p": (0.5, 0.5), "solarize_p": (0.0, 0.0)}
-        return {"optim": optim, "method": method, "augment": augment}
-
-    @staticmethod
-    def check(spec):
-        b, s = spec.optim.batch_size, spec.method.bn_splits
-        return [] if b % s == 0 else [
-            f"method.bn_splits (--bn-splits): the batch size ({b}) must be a multiple of the BN splits ({s})"]
-
-    def __init__(self, spec, backbone, feature_dim):
-        super().__init__(spec, split_batchnorm(backbone, spec.bn_splits), feature_dim)
+    def __init__(self, spec, backbone, feature_dim, n_images):
+        super().__init__(spec, split_batchnorm(backbone, spec.method.bn_splits), feature_dim, n_images)
+        spec = self.spec
         # v2's head: 2-layer MLP with no batch norm
         self.projector = mlp(feature_dim, [Layer(spec.proj_hidden_dim, relu=True), Layer(spec.proj_dim)])
         self.momentum_backbone = momentum_copy(backbone)
@@ -52,7 +35,7 @@ class MoCoV2(Method):
         keys = F.normalize(self.momentum_projector(self.momentum_backbone(x[shuffle])), dim=1)
         return keys[torch.argsort(shuffle)]
 
-    def forward(self, views, indices=None):
+    def forward(self, views, indices=None, progress=0.0):
         x1, x2 = views
         negatives = self.queue.keys.clone().detach()
         k2 = self.key(x2)
@@ -64,4 +47,5 @@ class MoCoV2(Method):
             keys.append(k1)
         for k in keys:
             self.queue.push(k)
-        return {"loss": loss}
+        # the readout of one direction: 1 positive + the queue's keys
+        return {"loss": loss, **mi_bound(loss / len(keys), 1 + len(negatives))}

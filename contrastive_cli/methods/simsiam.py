@@ -10,18 +10,9 @@ from .base import Method
 class SimSiam(Method):
     name = "simsiam"
 
-    @staticmethod
-    def recipe(small: bool) -> dict:
-        # Official code: SGD lr 0.05 x B/256, wd 1e-4, cosine, no warm-up, MoCo v2 augmentation.
-        # CIFAR (paper appendix): lr 0.03 x B/256, wd 5e-4, 2-layer projector.
-        optim = {"optimizer": "sgd", "lr": 0.03 if small else 0.05, "weight_decay": 5e-4 if small else 1e-4,
-                 "warmup_epochs": 0, "schedule": "cosine", "exclude_bias_norm_wd": False}
-        augment = {"crop_scale": (0.2, 1.0), "jitter_p": 0.8, "jitter": (0.4, 0.4, 0.4, 0.1),
-                   "jitter_random_order": True, "gray_p": 0.2, "blur_p": (0.5, 0.5), "solarize_p": (0.0, 0.0)}
-        return {"optim": optim, "method": {"proj_layers": 2 if small else 3}, "augment": augment}
-
-    def __init__(self, spec, backbone, feature_dim):
-        super().__init__(spec, backbone, feature_dim)
+    def __init__(self, spec, backbone, feature_dim, n_images):
+        super().__init__(spec, backbone, feature_dim, n_images)
+        spec = self.spec
         proj, pred = (None if n == "none" else n for n in (spec.proj_norm, spec.pred_norm))
         hidden = [Layer(spec.proj_hidden_dim, proj != "bn", proj, True)] * (spec.proj_layers - 1)
         # The last Linear has no bias: BN(affine=False) right after it would cancel one (the official code
@@ -37,7 +28,7 @@ class SimSiam(Method):
         predictor = list(self.predictor.parameters())
         return [{"params": encoder}] + ([{"params": predictor, "fixed_lr": self.spec.fix_pred_lr}] if predictor else [])
 
-    def forward(self, views, indices=None):
+    def forward(self, views, indices=None, progress=0.0):
         z1, z2 = (self.projector(self.backbone(x)) for x in views)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         sg = self.spec.stop_gradient

@@ -1,0 +1,28 @@
+"""BYOL's spec and recipe (Grill et al. 2020); the module is byol.py."""
+
+from typing import Literal
+
+from .fields import MethodSpec, Momentum, PredHiddenDim, Predictor, PredNorm, ProjDim, ProjHiddenDim, ProjNorm
+
+
+class BYOLSpec(MethodSpec):
+    paper, year = "Grill et al. 2020", 2020.3
+    name: Literal["byol"] = "byol"
+    proj_hidden_dim: ProjHiddenDim = 4096
+    proj_dim: ProjDim = 256
+    pred_hidden_dim: PredHiddenDim = 4096
+    momentum: Momentum = None
+    predictor: Predictor = True
+    proj_norm: ProjNorm = "bn"
+    pred_norm: PredNorm = "bn"
+
+    @staticmethod
+    def recipe(small: bool) -> dict:
+        # Paper: LARS, base lr 0.45 (<=100 epochs), wd 1e-6, warm-up 10 epochs + cosine, tau_base 0.99.
+        # Here plain SGD, which needs the usual small-batch SGD lr and weight decay.
+        optim = {"optimizer": "sgd", "lr": 0.2, "weight_decay": 1e-5 if small else 1e-6, "warmup_epochs": 10,
+                 "schedule": "cosine", "exclude_bias_norm_wd": True}
+        method = {"momentum": 0.99}
+        augment = {"crop_scale": (0.08, 1.0), "jitter_p": 0.8, "jitter": (0.4, 0.4, 0.2, 0.1),
+                   "jitter_random_order": True, "gray_p": 0.2, "blur_p": (1.0, 0.1), "solarize_p": (0.0, 0.2)}
+        return {"optim": optim, "method": method, "augment": augment}

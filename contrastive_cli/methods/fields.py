@@ -1,0 +1,78 @@
+"""What method specs share, declared once: the base class with its recipe/check hooks, and the field types that
+several methods use (projector, predictor, momentum, queue, memory bank, temperature), so that a flag has one
+description whichever methods carry it.
+
+No torch here: the specs are read by `--help`, which must stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MethodSpec(BaseModel):
+    """A method's typed fields. Subclasses set `name: Literal["<name>"] = "<name>"`; fields left None are filled
+    from `recipe` once the image size is known (spec.resolve_pretrain)."""
+
+    model_config = ConfigDict(extra="forbid")
+    paper: ClassVar[str] = ""  # "Authors Year": shown in --method's help and the docs
+    year: ClassVar[float] = 0  # orders --method choices along the field's lineage
+    module: ClassVar[str] = ""  # set by the registry: methods/<module>.py holds the nn.Module
+
+    @classmethod
+    def method_name(cls) -> str:
+        return cls.model_fields["name"].default
+
+    @staticmethod
+    def recipe(small: bool) -> dict:
+        """Paper defaults for the None fields: {'method': {...}, 'optim': {...}, 'augment': {...}};
+        `small`: the view side is below SMALL_IMAGE px (the CIFAR-style variant)."""
+        return {}
+
+    def check(self, run, n_images: int) -> list[str]:
+        """Problems of a resolved PretrainSpec `run` (on `n_images` training images) that only this method knows."""
+        return []
+
+
+def _opt(kind, description: str, **limits):
+    """An optional field type: None until the recipe (or the user) fills it."""
+    return Annotated[Optional[Annotated[kind, Field(**limits)]], Field(description=description)]
+
+
+def _req(kind, description: str, **limits):
+    return Annotated[kind, Field(description=description, **limits)]
+
+
+Temperature = _opt(float, "Softmax temperature of the contrastive loss.", gt=0)
+ProjHiddenDim = _req(int, "Hidden width of the projector MLP.", ge=1)
+ProjDim = _req(int, "Output width of the projector (the embedding).", ge=1)
+PredHiddenDim = _req(int, "Hidden width of the predictor MLP.", ge=1)
+Momentum = _opt(float, "Momentum-encoder EMA coefficient (BYOL: the base value of its cosine schedule).", ge=0, le=1)
+QueueSize = _opt(int, "Number of negative keys in the queue (MoCo); any size up to the dataset's, the queue wraps "
+                      "around.", ge=1)
+Symmetric = _req(bool, "Symmetrised loss (both view orders), as in MoCo's CIFAR demo (worth about 2x the epochs).")
+BnSplits = _req(int, "ShuffleBN on one device: batch norm over this many sub-batches (as if on as many GPUs) and the "
+                     "key batch shuffled across them, so BN statistics cannot leak which key is the positive (1: off).",
+                ge=1)
+Negatives = _opt(int, "Negatives drawn per positive from the memory bank for NCE (0: a full softmax over the whole "
+                      "bank).", ge=0)
+BankMomentum = _req(float, "Memory bank: an entry becomes normalise(m * entry + (1 - m) * new feature) when its image "
+                           "is seen.", ge=0, lt=1)
+HeadNorm = Literal["bn", "ln", "none"]
+# Ablation knobs of the non-contrastive methods: the paper recipe is the default; turning one off reproduces the
+# collapse the papers report (docs/inspect-collapse.md).
+Predictor = _req(bool, "Ablation: use the predictor MLP (off: the online projection regresses the target directly, "
+                       "which collapses).")
+ProjNorm = _req(HeadNorm, "Ablation: normalisation in the projector MLP: bn (recipe), ln or none.")
+PredNorm = _req(HeadNorm, "Ablation: normalisation in the predictor MLP's hidden layer: bn (recipe), ln or none.")
+
+
+def queue_problems(queue_size: int, n_images: int) -> list[str]:
+    """A queue larger than the dataset holds several keys of the same image, some of them the positive's."""
+    if queue_size <= n_images:
+        return []
+    return [f"method.queue_size (--queue-size): the queue ({queue_size} keys) is larger than the dataset "
+            f"({n_images} images), so it would hold several keys of the same image; use a queue of at most "
+            f"{n_images} (or more data)"]
