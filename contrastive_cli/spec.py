@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import SpecError
 from .methods import SPECS
+from .methods.fields import DataFacts
 
 DATASET_NAMES = ("synthetic", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "svhn")
 SMALL_IMAGE = 64  # views below this side get the small-image adaptations (CIFAR-style recipes)
@@ -429,7 +430,7 @@ def validate(model: type[Spec], data: dict, flag_of: dict[tuple, str] | None = N
         raise SpecError(format_validation_error(err, flag_of)) from None
 
 
-def resolve_pretrain(spec: PretrainSpec, image_size: int, n_images: int) -> PretrainSpec:
+def resolve_pretrain(spec: PretrainSpec, image_size: int, n_images: int, channels: int = 3) -> PretrainSpec:
     """Fill the None fields from the method's recipe (small-image variant below SMALL_IMAGE px) and check what
     needs the data: the result is the concrete spec that is printed, saved and embedded in checkpoints."""
     recipe = type(spec.method).recipe(small=image_size < SMALL_IMAGE)
@@ -443,7 +444,7 @@ def resolve_pretrain(spec: PretrainSpec, image_size: int, n_images: int) -> Pret
     if spec.optim.warmup_epochs is None:  # the recipe's warm-up (10 of 100+ epochs) takes at most a tenth of a short run
         optim["warmup_epochs"] = min(optim["warmup_epochs"], optim["epochs"] / 10)
     resolved = validate(PretrainSpec, data)
-    problems = resolved.method.check(resolved, n_images)
+    problems = resolved.method.check(resolved, DataFacts(n_images, channels))
     if resolved.optim.batch_size > n_images:
         problems.append(f"optim.batch_size (--batch-size): {resolved.optim.batch_size} is larger than the "
                         f"{n_images} training images; use a smaller batch size or more data")

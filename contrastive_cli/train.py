@@ -111,7 +111,7 @@ def prepare(spec: PretrainSpec, resume: Optional[Path] = None, reporter=None) ->
     image_size = d.image_size or native_size(d.source, d.root)
     data = open_dataset(d.source, "pretrain", root=d.root, download=d.download, strict=d.strict,
                         subset=d.subset, seed=spec.runtime.seed, image_size=image_size, classes=d.classes)
-    spec = resolve_pretrain(spec, image_size, len(data))
+    spec = resolve_pretrain(spec, image_size, len(data), data.channels)
     if resume is not None and data.fingerprint != meta["data"]["fingerprint"]:
         raise UserError(f"The data of {d.source} differs from the data this run was started on "
                         f"(fingerprint {data.fingerprint} vs {meta['data']['fingerprint']})",

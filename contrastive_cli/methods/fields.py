@@ -7,9 +7,17 @@ No torch here: the specs are read by `--help`, which must stay fast.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What a method's check may need to know of the training data."""
+    images: int
+    channels: int  # 1 for grayscale sources (their views are gray replicated to RGB), 3 for colour
 
 
 class MethodSpec(BaseModel):
@@ -20,6 +28,7 @@ class MethodSpec(BaseModel):
     paper: ClassVar[str] = ""  # "Authors Year": shown in --method's help and the docs
     year: ClassVar[float] = 0  # orders --method choices along the field's lineage
     module: ClassVar[str] = ""  # set by the registry: methods/<module>.py holds the nn.Module
+    needs_colour: ClassVar[bool] = False  # True: grayscale data is refused by check (e.g. CMC's L/ab views)
 
     @classmethod
     def method_name(cls) -> str:
@@ -31,8 +40,9 @@ class MethodSpec(BaseModel):
         `small`: the view side is below SMALL_IMAGE px (the CIFAR-style variant)."""
         return {}
 
-    def check(self, run, n_images: int) -> list[str]:
-        """Problems of a resolved PretrainSpec `run` (on `n_images` training images) that only this method knows."""
+    def check(self, run, data: DataFacts) -> list[str]:
+        """Problems of a resolved PretrainSpec `run` on `data` that only this method knows, one line each, naming
+        the flag and the fix."""
         return []
 
 

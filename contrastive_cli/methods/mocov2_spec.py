@@ -28,8 +28,8 @@ class MoCoV2Spec(MethodSpec):
                    "blur_p": (0.5, 0.5), "solarize_p": (0.0, 0.0)}
         return {"optim": optim, "method": method, "augment": augment}
 
-    def check(self, run, n_images):
-        return bn_split_problems(run.optim.batch_size, self.bn_splits) + queue_problems(self.queue_size, n_images)
+    def check(self, run, data):
+        return bn_split_problems(run.optim.batch_size, self.bn_splits) + queue_problems(self.queue_size, data.images)
 
 
 def bn_split_problems(batch_size: int, splits: int) -> list[str]:
