@@ -18,6 +18,7 @@ from .errors import UserError
 from .evaluate import load_encoder, open_data
 from .methods import SPECS
 from .methods.base import build_method
+from .methods.fields import DataFacts
 from .plot import spectrum_plot
 from .runtime import default_workers, pick_device, seed_step
 from .spec import SMALL_IMAGE, AugmentSpec, PretrainSpec
@@ -201,7 +202,8 @@ def representations(path, device) -> tuple[Callable[[torch.Tensor], dict], dict]
                         f"({err.error_count()} problem(s), first: {'.'.join(map(str, err.errors()[0]['loc']))}: "
                         f"{err.errors()[0]['msg']})", "inspect it with the version that wrote it, or export its "
                         "backbone and inspect that") from None
-    method = build_method(spec, meta["data"]["images"])
+    data = DataFacts(meta["data"]["images"], mean=tuple(meta["normalize"]["mean"]), std=tuple(meta["normalize"]["std"]))
+    method = build_method(spec, data)
     ckpt.load_state(method, None, {k: v for k, v in tensors.items() if k.startswith(("backbone.", "method."))})
     method.eval().requires_grad_(False).to(device)
     return method.embeddings, meta

@@ -23,6 +23,7 @@ from .collapse import CollapseMonitor
 from .data import ImageSet, native_size, open_dataset
 from .errors import UserError
 from .methods.base import Method, build_method, encoder_record
+from .methods.fields import DataFacts
 from .optim import build_optimizer, lr_factor, set_lr
 from .runtime import autocast, default_workers, epoch_order, pick_device, seed_step
 from .spec import PretrainSpec, resolve_pretrain
@@ -57,7 +58,7 @@ class Run:
         s = self.spec
         meta = {
             "kind": "pretrain", "spec": s.model_dump(mode="json"), "method": s.method.name,
-            "backbone": encoder_record(s, self.method.feature_dim),
+            "backbone": encoder_record(s, DataFacts.of(self.data), self.method.feature_dim),
             "feature_dim": self.method.feature_dim, "image_size": s.data.image_size,
             "normalize": {"mean": list(self.data.mean), "std": list(self.data.std)},
             "data": {"name": self.data.name, "fingerprint": self.data.fingerprint, "images": len(self.data)},
@@ -118,7 +119,7 @@ def prepare(spec: PretrainSpec, resume: Optional[Path] = None, reporter=None) ->
                         "resume with the same dataset, or start a new run")
     device = pick_device(spec.runtime.device)
     torch.manual_seed(spec.runtime.seed)
-    method = build_method(spec, len(data)).to(device)
+    method = build_method(spec, DataFacts.of(data)).to(device)
     optimizer = build_optimizer(method, spec.optim, device)
     if resume is None:
         run_dir = new_run_dir(spec)

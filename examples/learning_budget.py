@@ -18,6 +18,7 @@ from contrastive_cli.data import open_dataset
 from contrastive_cli.evaluate import extract, weighted_knn
 from contrastive_cli.spec import PretrainSpec
 from contrastive_cli.methods.base import build_method
+from contrastive_cli.methods.fields import DataFacts
 from contrastive_cli.train import prepare, train
 
 
@@ -50,7 +51,7 @@ def learning_run(method: str, out, *, epochs: int, subset: int, bank: int = 1000
     pixels = knn_top1(bank_set.images.flatten(1).float(), bank_set.labels,
                       query_set.images.flatten(1).float(), query_set.labels, k, t)
     torch.manual_seed(seed)
-    random_init = encoder_knn(build_method(run.spec, len(run.data)).exported_encoder())
+    random_init = encoder_knn(build_method(run.spec, DataFacts.of(run.data)).exported_encoder())
     start = time.perf_counter()
     stats = train(run)
     seconds = time.perf_counter() - start

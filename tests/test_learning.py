@@ -50,6 +50,7 @@ def test_pretraining_learns_the_embedded_synthetic_shapes(tmp_path):
     from contrastive_cli.evaluate import extract, weighted_knn
     from contrastive_cli.spec import PretrainSpec
     from contrastive_cli.methods.base import build_method
+    from contrastive_cli.methods.fields import DataFacts
     from contrastive_cli.train import prepare, train
 
     run = prepare(PretrainSpec.model_validate({"method": {"name": "simclr"}, "backbone": {"name": "small_cnn"},
@@ -64,7 +65,7 @@ def test_pretraining_learns_the_embedded_synthetic_shapes(tmp_path):
         return weighted_knn(b, bl, q, ql, [20], 0.1, 10)[20]["top1"]
 
     torch.manual_seed(0)
-    random_init = knn(build_method(run.spec, len(run.data)).exported_encoder())
+    random_init = knn(build_method(run.spec, DataFacts.of(run.data)).exported_encoder())
     pixels = weighted_knn(bank.images.flatten(1).float(), bank.labels, queries.images.flatten(1).float(),
                           queries.labels, [20], 0.1, 10)[20]["top1"]
     train(run)

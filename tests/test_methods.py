@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from contrastive_cli.methods.base import KeyQueue, build_method, cosine_momentum, ema_update, momentum_copy
+from contrastive_cli.methods.fields import DataFacts
 from contrastive_cli.spec import PretrainSpec, resolve_pretrain
 
 
 def make(name, backbone="small_cnn", **fields):
     spec = PretrainSpec.model_validate({"method": {"name": name, **fields}, "backbone": {"name": backbone},
                                         "optim": {"batch_size": 8}})
-    return build_method(resolve_pretrain(spec, 32, 10_000), 10_000)
+    return build_method(resolve_pretrain(spec, 32, 10_000), DataFacts(10_000))
 
 
 def test_queue_is_fifo_and_keeps_its_size():

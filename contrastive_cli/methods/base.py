@@ -12,7 +12,7 @@ what it changes:
   after_step(progress)                   after the step: EMA of momentum_pairs() by default
   exported_encoder()                     the network that checkpoints export and evaluations use
   embeddings(x)                          the representations the collapse monitor and inspect-collapse judge
-  encoder_info(spec) / build_encoder()   how to (re)build that encoder, recorded in checkpoints
+  encoder_info(spec, data) / build_encoder(**kwargs)   how to (re)build that encoder, recorded in checkpoints
 """
 
 from __future__ import annotations
@@ -29,14 +29,15 @@ from torch import nn
 from ..augment import ViewAugment
 from ..models import build_backbone
 from . import SPECS
+from .fields import DataFacts
 
 
 class Method(nn.Module):
     name: ClassVar[str] = ""
 
-    def __init__(self, spec, encoder: nn.Module, feature_dim: int, n_images: int):
-        """`spec`: the resolved PretrainSpec; `encoder`: built from encoder_info(spec), `feature_dim` wide;
-        `n_images`: training images (memory banks have one entry each)."""
+    def __init__(self, spec, encoder: nn.Module, feature_dim: int, data: DataFacts):
+        """`spec`: the resolved PretrainSpec; `encoder`: built from encoder_info(spec, data), `feature_dim` wide;
+        `data`: the training data's facts (data.images: memory banks have one entry per image)."""
         super().__init__()
         self.spec = spec.method
         self.backbone = encoder
@@ -44,10 +45,11 @@ class Method(nn.Module):
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
-    def encoder_info(cls, spec) -> dict:
+    def encoder_info(cls, spec, data: DataFacts) -> dict:
         """What checkpoints record to rebuild the exported encoder without the method's training state: a plain
         backbone by default. A method with an encoder of its own returns {'method': cls.name, 'name': ...,
-        'kwargs': {...}} and defines `build_encoder(**kwargs) -> (module, feature_dim)`."""
+        'kwargs': {...}} (JSON values) and defines `build_encoder(**kwargs) -> (module, feature_dim)`. The encoder
+        takes views normalised with data.mean / data.std, as every evaluation feeds it."""
         return {"name": spec.backbone.name, "kwargs": {"stem": spec.backbone.stem}}
 
     # ---- training hooks ----------------------------------------------------------------------
@@ -112,17 +114,18 @@ def build_encoder(info: dict) -> tuple[nn.Module, int]:
     return build_backbone(info["name"], **info["kwargs"])
 
 
-def encoder_record(spec, feature_dim: int) -> dict:
+def encoder_record(spec, data: DataFacts, feature_dim: int) -> dict:
     """encoder_info plus what readers need without rebuilding it; 'torchvision': the keys load into torchvision."""
-    info = method_class(spec.method.name).encoder_info(spec)
+    info = method_class(spec.method.name).encoder_info(spec, data)
     return {**info, "feature_dim": feature_dim,
             "torchvision": "method" not in info and info["name"].startswith("resnet")}
 
 
-def build_method(spec, n_images: int) -> Method:
+def build_method(spec, data: DataFacts) -> Method:
+    """The method of a resolved PretrainSpec for training on `data` (DataFacts.of(image_set))."""
     cls = method_class(spec.method.name)
-    encoder, dim = build_encoder(cls.encoder_info(spec))
-    return cls(spec, encoder, dim, n_images)
+    encoder, dim = build_encoder(cls.encoder_info(spec, data))
+    return cls(spec, encoder, dim, data)
 
 
 # ---- shared parts --------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ def byol_mlp(in_dim: int, hidden: int, out: int, norm: str = "bn"):
 class BYOL(Method):
     name = "byol"
 
-    def __init__(self, spec, backbone, feature_dim, n_images):
-        super().__init__(spec, backbone, feature_dim, n_images)
+    def __init__(self, spec, backbone, feature_dim, data):
+        super().__init__(spec, backbone, feature_dim, data)
         spec = self.spec
         self.projector = byol_mlp(feature_dim, spec.proj_hidden_dim, spec.proj_dim, spec.proj_norm)
         # without a predictor the online projection regresses the target's directly: the paper's collapsing ablation

@@ -17,7 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field
 class DataFacts:
     """What a method's check may need to know of the training data."""
     images: int
-    channels: int  # 1 for grayscale sources (their views are gray replicated to RGB), 3 for colour
+    channels: int = 3  # 1 for grayscale sources (their views are gray replicated to RGB), 3 for colour
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)  # the per-channel normalisation of the views the encoder gets
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+    @classmethod
+    def of(cls, data) -> "DataFacts":
+        """The facts of an ImageSet."""
+        return cls(len(data), data.channels, tuple(data.mean), tuple(data.std))
 
 
 class MethodSpec(BaseModel):

@@ -12,8 +12,8 @@ from .base import KeyQueue, Method, momentum_copy
 class MoCoV2(Method):
     name = "mocov2"
 
-    def __init__(self, spec, backbone, feature_dim, n_images):
-        super().__init__(spec, split_batchnorm(backbone, spec.method.bn_splits), feature_dim, n_images)
+    def __init__(self, spec, backbone, feature_dim, data):
+        super().__init__(spec, split_batchnorm(backbone, spec.method.bn_splits), feature_dim, data)
         spec = self.spec
         # v2's head: 2-layer MLP with no batch norm
         self.projector = mlp(feature_dim, [Layer(spec.proj_hidden_dim, relu=True), Layer(spec.proj_dim)])

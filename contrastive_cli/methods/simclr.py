@@ -8,8 +8,8 @@ from .base import Method
 class SimCLR(Method):
     name = "simclr"
 
-    def __init__(self, spec, backbone, feature_dim, n_images):
-        super().__init__(spec, backbone, feature_dim, n_images)
+    def __init__(self, spec, backbone, feature_dim, data):
+        super().__init__(spec, backbone, feature_dim, data)
         spec = self.spec
         # v1 code: Linear(bias) → BN → ReLU → Linear(no bias) → BN
         self.projector = mlp(feature_dim, [Layer(spec.proj_hidden_dim, True, "bn", True),

@@ -10,8 +10,8 @@ from .base import Method
 class SimSiam(Method):
     name = "simsiam"
 
-    def __init__(self, spec, backbone, feature_dim, n_images):
-        super().__init__(spec, backbone, feature_dim, n_images)
+    def __init__(self, spec, backbone, feature_dim, data):
+        super().__init__(spec, backbone, feature_dim, data)
         spec = self.spec
         proj, pred = (None if n == "none" else n for n in (spec.proj_norm, spec.pred_norm))
         hidden = [Layer(spec.proj_hidden_dim, proj != "bn", proj, True)] * (spec.proj_layers - 1)
