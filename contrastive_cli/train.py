@@ -228,7 +228,8 @@ def train(run: Run, progress=None, on_step: Optional[Callable[[Run, dict], None]
                 lr = set_lr(run.optimizer, lr_factor(run.step, run.total_steps, warmup, s.optim.schedule, s.optim.milestones))
                 with Stopwatch(device) as augment:
                     batch_views = [v(x, generator) for v in views]  # fp32, outside autocast
-                scalars = {k: float(v) for k, v in optimisation_step(run, batch_views, indices.to(device)).items()}
+                scalars = {k: float(torch.as_tensor(v).detach()) for k, v in
+                           optimisation_step(run, batch_views, indices.to(device)).items()}
                 run.step += 1
                 steps += 1
                 for k, v in scalars.items():

@@ -131,3 +131,16 @@ def test_mocov2_backbone_keeps_torchvision_keys_with_split_bn():
     reference = torchvision.models.resnet18()
     reference.fc = torch.nn.Identity()
     reference.load_state_dict(method.backbone.state_dict(), strict=True)
+
+
+def test_mocov1_is_mocov2_without_its_improvements():
+    """MoCo v2 = v1 + MLP head + blur augmentation + cosine lr (+ T 0.2): v1 keeps a linear fc head, T 0.07,
+    no blur and the step schedule, and otherwise shares v2's queue, momentum encoder and ShuffleBN."""
+    v1 = make("mocov1", backbone="small_cnn")
+    assert isinstance(v1.projector, torch.nn.Linear) and v1.projector.out_features == 128
+    spec = resolve_pretrain(PretrainSpec.model_validate({"method": {"name": "mocov1"}}), 224, 100_000)
+    assert spec.method.temperature == 0.07 and spec.method.queue_size == 65536 and spec.method.momentum == 0.999
+    assert spec.optim.schedule == "step" and spec.optim.milestones == (0.6, 0.8) and spec.augment.blur_p == (0.0, 0.0)
+    views = [torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)]
+    out = v1(views)
+    assert int(v1.queue.ptr) == 8 and out["mi_max"] == pytest.approx(math.log(1 + v1.spec.queue_size))

@@ -1,0 +1,157 @@
+"""The zoo table: every registered method pretrained at one fixed budget on Fashion-MNIST, evaluated the same way,
+written into docs/methods.md (between the ZOO markers) with a PNG bar chart.
+
+    python examples/zoo_table.py                       # all methods, ~15-25 min on 2 CPU cores
+    python examples/zoo_table.py --methods simclr byol --no-write
+
+Budget (the learning tests' budget): small CNN, 10,000 training images, 15 epochs, batch 256, crops of 20-100%,
+each method's own recipe otherwise. Evaluation: weighted kNN (T 0.1, k 20 and 200) with 10,000 training images
+as the bank and the whole test split (10,000) as queries; a linear probe on cached centre-view features of the same
+10,000 images (100 epochs, lr 1, step schedule); images/s of pretraining and its minutes. Methods that need colour
+(CMC) cannot run on grayscale data and are listed without figures. Reference rows: raw pixels, and each method's
+encoder at random initialisation is not repeated (same architecture: one random-init small CNN row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from contrastive_cli.data import open_dataset  # noqa: E402
+from contrastive_cli.evaluate import knn_eval, linear_probe, weighted_knn  # noqa: E402
+from contrastive_cli.methods import SPECS  # noqa: E402
+from contrastive_cli.spec import KnnSpec, LinearProbeSpec, PretrainSpec  # noqa: E402
+from contrastive_cli.train import prepare, train  # noqa: E402
+
+BUDGET = {"backbone": {"name": "small_cnn"}, "data": {"source": "fashion-mnist", "subset": 10000},
+          "optim": {"epochs": 15}, "augment": {"crop_scale": (0.2, 1.0)}}
+BANK = 10000
+START, END = "<!-- ZOO:START (examples/zoo_table.py writes this block) -->", "<!-- ZOO:END -->"
+
+
+def per_method_overrides() -> dict:
+    """The learning tests' per-method settings (tests/test_learning.py PER_METHOD), so the table and tests agree."""
+    from test_learning import PER_METHOD
+    out = {}
+    for method, overrides in PER_METHOD.items():
+        sections: dict = {}
+        for key, value in overrides.items():
+            section, field = key.split("__")
+            sections.setdefault(section, {})[field] = value
+        out[method] = sections
+    return out
+
+
+def run_method(name: str, out: Path, overrides: dict) -> dict:
+    spec = json.loads(json.dumps(BUDGET))
+    spec["method"] = {"name": name}
+    for section, fields in overrides.items():
+        spec.setdefault(section, {}).update(fields)
+    spec["runtime"] = {"out": str(out)}
+    shutil.rmtree(out, ignore_errors=True)
+    run = prepare(PretrainSpec.model_validate(spec))
+    t0 = time.perf_counter()
+    stats = train(run)
+    minutes = (time.perf_counter() - t0) / 60
+    knn = knn_eval(KnnSpec(checkpoint=run.checkpoint_path, k=[20, 200], data={"subset": BANK}))
+    probe = linear_probe(LinearProbeSpec(checkpoint=run.checkpoint_path, cached=True, data={"subset": BANK},
+                                         optim={"lr": 1.0}))
+    top1 = {r["k"]: r["top1"] for r in knn["results"]}
+    return {"method": name, "paper": SPECS[name].paper, "knn20": top1[20], "knn200": top1[200],
+            "probe": probe["top1"], "images_per_s": round(stats["images_per_s"]), "minutes": round(minutes, 1),
+            "mi_bound": round(stats["mi_bound"], 2) if "mi_bound" in stats else None,
+            "collapse": stats.get("collapse", {}).get("verdict")}
+
+
+def pixel_row() -> dict:
+    bank = open_dataset("fashion-mnist", "train", subset=BANK, seed=0)
+    test = open_dataset("fashion-mnist", "test")
+    r = weighted_knn(bank.images.flatten(1).float(), bank.labels, test.images.flatten(1).float(), test.labels,
+                     [20, 200], 0.1, 10)
+    return {"method": "raw pixels", "knn20": r[20]["top1"], "knn200": r[200]["top1"]}
+
+
+def random_init_row(out: Path) -> dict:
+    """A small CNN at random initialisation: a 0-epoch stand-in, evaluated like the trained encoders."""
+    from contrastive_cli import checkpoint as ckpt
+    run = prepare(PretrainSpec.model_validate({**BUDGET, "method": {"name": "simclr"}, "runtime": {"out": str(out)}}))
+    run.save()
+    knn = knn_eval(KnnSpec(checkpoint=run.checkpoint_path, k=[20, 200], data={"subset": BANK}))
+    probe = linear_probe(LinearProbeSpec(checkpoint=run.checkpoint_path, cached=True, data={"subset": BANK},
+                                         optim={"lr": 1.0}))
+    top1 = {r["k"]: r["top1"] for r in knn["results"]}
+    assert ckpt.read_meta(run.checkpoint_path)["step"] == 0
+    return {"method": "random-init small CNN", "knn20": top1[20], "knn200": top1[200], "probe": probe["top1"]}
+
+
+def markdown(rows: list[dict], skipped: list[str]) -> str:
+    lines = [START, "", "| method | paper | kNN k=20 | kNN k=200 | linear probe (cached) | images/s | minutes | "
+             "I ≥ (nats) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = [f"`{r['method']}`" if "paper" in r else r["method"], r.get("paper", "–")]
+        cells += [f"{r[k]:.2f}" if r.get(k) is not None else "–" for k in ("knn20", "knn200", "probe")]
+        cells += [str(r[k]) if r.get(k) is not None else "–" for k in ("images_per_s", "minutes", "mi_bound")]
+        lines.append("| " + " | ".join(cells) + " |")
+    for name in skipped:
+        lines.append(f"| `{name}` | {SPECS[name].paper} | needs colour | – | – | – | – | – |")
+    lines += ["", f"Measured with `python examples/zoo_table.py` on {time.strftime('%Y-%m-%d')}; "
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads. ![zoo](zoo.png)", "", END]
+    return "\n".join(lines)
+
+
+def bar_chart(rows: list[dict], path: Path) -> None:
+    """Horizontal bars of kNN k=200 top-1 per method, baselines in grey."""
+    from PIL import Image, ImageDraw
+    lo = min(r["knn200"] for r in rows) - 2
+    hi = max(r["knn200"] for r in rows) + 1
+    width, bar_h, left = 760, 26, 200
+    image = Image.new("RGB", (width, 40 + bar_h * len(rows)), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((10, 10), f"weighted kNN top-1 (k=200), Fashion-MNIST, {lo:.0f}-{hi:.0f}%", fill="black")
+    for i, r in enumerate(rows):
+        y = 34 + i * bar_h
+        length = (r["knn200"] - lo) / (hi - lo) * (width - left - 70)
+        draw.text((10, y + 6), r["method"], fill="black")
+        draw.rectangle([left, y + 3, left + length, y + bar_h - 3], fill="#4c72b0" if "paper" in r else "#999999")
+        draw.text((left + length + 6, y + 6), f"{r['knn200']:.2f}", fill="black")
+    image.save(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--methods", nargs="*", default=list(SPECS))
+    ap.add_argument("--out", default="runs/zoo")
+    ap.add_argument("--no-write", action="store_true", help="print the table instead of writing docs/methods.md")
+    args = ap.parse_args()
+    overrides = per_method_overrides()
+    rows, skipped = [pixel_row(), random_init_row(Path(args.out) / "random-init")], []
+    for name in args.methods:
+        if SPECS[name].needs_colour:
+            skipped.append(name)
+            continue
+        rows.append(run_method(name, Path(args.out) / name, overrides.get(name, {})))
+        print(json.dumps(rows[-1]), flush=True)
+    table = markdown(rows, skipped)
+    if args.no_write:
+        print(table)
+        return
+    doc = ROOT / "docs" / "methods.md"
+    text = doc.read_text()
+    block = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    doc.write_text(block.sub(lambda _: table, text) if block.search(text) else text.rstrip() + "\n\n" + table + "\n")
+    bar_chart(rows, ROOT / "docs" / "zoo.png")
+    print(f"wrote {doc} and {ROOT / 'docs' / 'zoo.png'}")
+
+
+if __name__ == "__main__":
+    main()
