@@ -26,6 +26,17 @@ def test_queue_is_fifo_and_keeps_its_size():
     assert int(queue.ptr) == 2
 
 
+def test_queue_wraps_around_for_any_batch_length():
+    """A short batch (skipped unreadable files) or a queue that is no multiple of the batch must not break the
+    FIFO: the keys wrap around the end, and a push longer than the queue keeps its newest keys."""
+    queue = KeyQueue(5, 1)
+    queue.push(torch.tensor([[0.0], [1.0], [2.0]]))
+    queue.push(torch.tensor([[3.0], [4.0], [5.0]]))  # 5 wraps to slot 0
+    assert queue.keys[:, 0].tolist() == [5, 1, 2, 3, 4] and int(queue.ptr) == 1
+    queue.push(torch.arange(10.0, 17.0)[:, None])  # 7 keys into 5 slots: the newest 5 remain
+    assert sorted(queue.keys[:, 0].tolist()) == [12, 13, 14, 15, 16]
+
+
 def test_mocov2_enqueues_the_keys_of_each_step():
     torch.manual_seed(0)
     method = make("mocov2", queue_size=16, bn_splits=1)
