@@ -131,8 +131,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", nargs="*", default=list(SPECS))
     ap.add_argument("--out", default="runs/zoo")
+    ap.add_argument("--epochs", type=int, default=BUDGET["optim"]["epochs"], help="a smoke test of the script only")
     ap.add_argument("--no-write", action="store_true", help="print the table instead of writing docs/methods.md")
     args = ap.parse_args()
+    BUDGET["optim"]["epochs"] = args.epochs
     overrides = per_method_overrides()
     rows, skipped = [pixel_row(), random_init_row(Path(args.out) / "random-init")], []
     for name in args.methods:

@@ -112,3 +112,19 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_run(tmp_path, name)
     train(resumed)
     for (k, a), b in zip(full.method.state_dict().items(), resumed.method.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), k
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated upstream; export still offers it
+@pytest.mark.parametrize("name", METHODS)
+def test_exported_encoder_scripts_to_torchscript_with_the_same_features(tmp_path, name):
+    """`contrastive export --format torchscript` scripts the encoder rebuilt from the checkpoint (no sizes baked in)."""
+    run = prepare(tiny(tmp_path, name, epochs=1))
+    run.save()
+    tensors, meta = ckpt.load(run.checkpoint_path, prefix="backbone.")
+    encoder, _ = build_encoder(meta["backbone"])
+    encoder.load_state_dict(ckpt.strip(tensors, "backbone."))
+    encoder.eval()
+    scripted = torch.jit.script(encoder)
+    views, _ = one_batch(run)
+    with torch.no_grad():
+        assert torch.allclose(scripted(views[0]), encoder(views[0]), atol=1e-5)
