@@ -122,7 +122,7 @@ def load_encoder_of(tmp_path):
 
 def test_loss_is_nt_xent_when_the_memory_is_off(tmp_path):
     run = prepare(tiny(tmp_path))
-    assert run.spec.method.queue_size is None and run.method.momentum_pairs() == []
+    assert run.spec.method.queue_size == 0 and run.method.momentum_pairs() == []
     views = views_of(run)
     torch.manual_seed(0)
     out = run.method(views)

@@ -46,7 +46,8 @@ def test_every_problem_is_reported_at_once():
 
 def test_flag_for_another_method_is_rejected():
     lines = problems(**{"--method": "simclr", "--queue-size": 4096})
-    assert lines == ["--queue-size does not apply to method simclr (it is used by mocov2)"]
+    assert len(lines) == 1 and lines[0].startswith("--queue-size does not apply to method simclr (it is used by ")
+    assert "mocov2" in lines[0]
 
 
 def test_flags_override_config_file_values():

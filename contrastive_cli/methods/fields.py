@@ -65,10 +65,11 @@ def _req(kind, description: str, **limits):
 Temperature = _opt(float, "Softmax temperature of the contrastive loss.", gt=0)
 ProjHiddenDim = _req(int, "Hidden width of the projector MLP.", ge=1)
 ProjDim = _req(int, "Output width of the projector (the embedding).", ge=1)
+ProjLayers = _opt(int, "Number of Linear layers in the projector MLP.", ge=1)
 PredHiddenDim = _req(int, "Hidden width of the predictor MLP.", ge=1)
 Momentum = _opt(float, "Momentum-encoder EMA coefficient (BYOL: the base value of its cosine schedule).", ge=0, le=1)
-QueueSize = _opt(int, "Number of negative keys in the queue (MoCo); any size up to the dataset's, the queue wraps "
-                      "around.", ge=1)
+QueueSize = _opt(int, "Number of negative keys in the queue filled by the momentum encoder (MoCo; SimCLR v2's memory, "
+                      "where 0 turns it off); any size up to the dataset's, the queue wraps around.", ge=0)
 Symmetric = _req(bool, "Symmetrised loss (both view orders), as in MoCo's CIFAR demo (worth about 2x the epochs).")
 BnSplits = _req(int, "ShuffleBN on one device: batch norm over this many sub-batches (as if on as many GPUs) and the "
                      "key batch shuffled across them, so BN statistics cannot leak which key is the positive (1: off).",
@@ -86,8 +87,11 @@ ProjNorm = _req(HeadNorm, "Ablation: normalisation in the projector MLP: bn (rec
 PredNorm = _req(HeadNorm, "Ablation: normalisation in the predictor MLP's hidden layer: bn (recipe), ln or none.")
 
 
-def queue_problems(queue_size: int, n_images: int) -> list[str]:
+def queue_problems(queue_size: int, n_images: int, off_allowed: bool = False) -> list[str]:
     """A queue larger than the dataset holds several keys of the same image, some of them the positive's."""
+    if queue_size == 0 and not off_allowed:
+        return ["method.queue_size (--queue-size): this method needs a queue of negatives; use at least 1 "
+                "(the recipe's size when unsure: drop the flag)"]
     if queue_size <= n_images:
         return []
     return [f"method.queue_size (--queue-size): the queue ({queue_size} keys) is larger than the dataset "

@@ -4,7 +4,7 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import Field
 
-from .fields import MethodSpec, PredHiddenDim, Predictor, PredNorm, ProjDim, ProjHiddenDim, ProjNorm
+from .fields import MethodSpec, PredHiddenDim, ProjLayers, Predictor, PredNorm, ProjDim, ProjHiddenDim, ProjNorm
 
 
 class SimSiamSpec(MethodSpec):
@@ -13,8 +13,7 @@ class SimSiamSpec(MethodSpec):
     proj_hidden_dim: ProjHiddenDim = 2048
     proj_dim: ProjDim = 2048
     pred_hidden_dim: PredHiddenDim = 512
-    proj_layers: Optional[Annotated[int, Field(ge=1)]] = Field(None, description=(
-        "Number of Linear layers in the projector (3 on ImageNet, 2 for small images)."))
+    proj_layers: ProjLayers = None  # recipe: 3 on ImageNet, 2 for small images
     fix_pred_lr: bool = Field(True, description="Keep the predictor's lr constant (not decayed).")
     stop_gradient: bool = Field(True, description=(
         "Ablation: stop the gradient through the target branch (off: the paper's collapsing variant)."))
