@@ -41,11 +41,12 @@ def loop_nce(f, bank, rows, t, z, n):
 
 def test_recipe_follows_the_official_code():
     small = make().spec
-    assert (small.temperature, small.negatives, small.proj_dim, small.bank_momentum) == (0.1, 4096, 128, 0.5)
+    assert (small.temperature, small.negatives, small.proj_dim, small.bank_momentum) == (0.1, 0, 128, 0.5)  # the CIFAR README: full softmax
     large = resolve_pretrain(PretrainSpec.model_validate({"method": {"name": "instdisc"}}), 224, 10_000)
     assert (large.method.temperature, large.optim.lr, large.optim.weight_decay, large.optim.schedule) == \
         (0.07, 0.03, 1e-4, "step")
     assert large.augment.jitter == (0.4, 0.4, 0.4, 0.4) and large.augment.jitter_p == 1.0
+    assert large.method.negatives == 4096
 
 
 def test_one_augmented_view_per_step():

