@@ -45,6 +45,7 @@ def _gray(mean: float, std: float) -> Stats:
 
 NAMED: dict[str, tuple[int, Stats]] = {  # name -> (native side, normalisation stats)
     "synthetic": (synthetic.SIZE, (synthetic.MEAN, synthetic.STD)),
+    "synthetic-colour": (synthetic.SIZE, (synthetic.COLOUR_MEAN, synthetic.COLOUR_STD)),
     "cifar10": (32, CIFAR_STATS),
     "cifar100": (32, CIFAR_STATS),
     "stl10": (96, IMAGENET_STATS),
@@ -286,8 +287,8 @@ def _open_named(name: str, split: Split, root: Path, download: bool, subset: Opt
 def _load_named(name: str, split: Split, root: Path, download: bool):
     """(uint8 images [N,C,H,W], int64 labels or None, classes or None, name of the split read)."""
     train = split != "test"
-    if name == "synthetic":
-        images, labels = synthetic.generate("train" if train else "test")
+    if name in ("synthetic", "synthetic-colour"):
+        images, labels = synthetic.generate("train" if train else "test", colour=name == "synthetic-colour")
         return images, labels, list(synthetic.CLASSES), "train" if train else "test"
     if name in ("mnist", "fashion-mnist"):
         images, labels = _load_idx(name, train, root, download)

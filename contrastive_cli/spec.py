@@ -17,7 +17,7 @@ from .errors import SpecError
 from .methods import SPECS
 from .methods.fields import DataFacts
 
-DATASET_NAMES = ("synthetic", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "svhn")
+DATASET_NAMES = ("synthetic", "synthetic-colour", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "svhn")
 SMALL_IMAGE = 64  # views below this side get the small-image adaptations (CIFAR-style recipes)
 
 

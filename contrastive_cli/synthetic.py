@@ -29,6 +29,8 @@ POSITION_SPREAD = 0.4  # fraction of the free room the centre may move into
 # Per-channel statistics of the train split, measured once with `channel_stats(*generate("train"))`.
 MEAN = (0.5014, 0.5003, 0.5011)
 STD = (0.3059, 0.3051, 0.3054)
+COLOUR_MEAN = (0.5018, 0.5003, 0.5007)  # synthetic-colour (channel_stats of its train split)
+COLOUR_STD = (0.3023, 0.3022, 0.3003)
 
 
 def _stripes(t: torch.Tensor) -> torch.Tensor:
@@ -62,6 +64,12 @@ SHAPES = (
 
 
 TINT = 0.08  # per-channel colour offset: images are coloured, but colour says little about an instance
+# `synthetic-colour`: the same images with a chroma of this size and a random hue added to each shape, orthogonal
+# to the luma weights, so the grey levels (Lab's L) are unchanged and the colour channels (ab) show the silhouette.
+# Hue says nothing of the class. For methods whose views are colour channels (CMC): on `synthetic` the shapes' ab
+# contrast is about the pixel noise (its spatial std exceeds twice the noise in ~2% of images, L in 98%).
+CHROMA = 0.25
+LUMA = (0.2989, 0.587, 0.114)
 MIN_CONTRAST = 0.35  # grey-level gap between shape and background, so every shape is visible
 
 
@@ -79,6 +87,19 @@ def _distinct_colours(count: int, gen: torch.Generator) -> tuple[torch.Tensor, t
     shape = shape.clamp(0, 1)
     tint = (torch.rand(2, count, 3, generator=gen) - 0.5) * 2 * TINT
     return (background[:, None] + tint[0]).clamp(0, 1), (shape[:, None] + tint[1]).clamp(0, 1)
+
+
+def _hue_offsets(count: int, seed: int) -> torch.Tensor:
+    """[N, 3] colour offsets of size CHROMA and uniform random hue in the plane orthogonal to LUMA; drawn from their
+    own stream so that every other draw (and so `synthetic` itself) is unchanged."""
+    luma = torch.tensor(LUMA)
+    u = torch.tensor((1.0, -1.0, 0.0))
+    u = u - (u @ luma) / (luma @ luma) * luma
+    u = u / u.norm()
+    v = torch.linalg.cross(luma, u)
+    v = v / v.norm()
+    hue = torch.rand(count, generator=torch.Generator().manual_seed(seed + 1)) * 2 * math.pi
+    return CHROMA * (hue.cos()[:, None] * u + hue.sin()[:, None] * v)
 
 
 def _alpha(labels: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor, angle: torch.Tensor
@@ -100,8 +121,9 @@ def _alpha(labels: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor, ang
 
 
 @functools.lru_cache(maxsize=None)
-def generate(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 images [N, 3, 32, 32], int64 labels [N]) of 'train' or 'test'; cached per process."""
+def generate(split: str, colour: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images [N, 3, 32, 32], int64 labels [N]) of 'train' or 'test'; cached per process. `colour`: the
+    `synthetic-colour` variant (coloured shapes, see CHROMA)."""
     count, seed = SPLITS[split]
     gen = torch.Generator().manual_seed(seed)
     labels = (torch.arange(count) % len(CLASSES))[torch.randperm(count, generator=gen)]  # balanced
@@ -111,6 +133,8 @@ def generate(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     centre = SIZE / 2 + (torch.rand(count, 2, generator=gen) * 2 - 1) * room
     angle = (torch.rand(count, generator=gen) * 2 - 1) * MAX_ROTATION
     background_colour, shape_colour = _distinct_colours(count, gen)
+    if colour:
+        shape_colour = (shape_colour + _hue_offsets(count, seed)).clamp(0, 1)
     noise = torch.randn(count, 3, SIZE, SIZE, generator=gen)
     alpha = _alpha(labels, centre, radius, angle)
     # Flat backgrounds: a per-image gradient direction was an instance cue that survived every augmentation.

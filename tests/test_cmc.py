@@ -183,41 +183,13 @@ def test_pretrain_on_fashion_mnist_stops_with_one_clear_message(in_tmp):
 
 
 # ---- learning ----------------------------------------------------------------------------------------------------
-# CMC cannot run on Fashion-MNIST (grayscale), and on the embedded synthetic shapes its ab view is almost pure noise:
-# the shapes are grey levels with a +-0.08 tint, so in ab the silhouette's contrast is about the pixel noise (the
-# spatial std of a and b exceeds twice the noise in ~2% of the images, L in 98%). L and ab then share nothing to
-# contrast (measured: in-batch loss stays at 2 log B, kNN falls to 25%). The test therefore colours the shapes: the
-# same images, draws and classes, but each shape gets a chroma of fixed size and random hue (independent of the
-# class) orthogonal to the luma weights, so L is unchanged and ab shows the silhouette.
-
-CHROMA = 0.25
-
-
-@pytest.fixture
-def coloured_shapes(monkeypatch):
-    """synthetic.generate with coloured shapes (colour says nothing of the class, it only makes ab carry shape)."""
-    from contrastive_cli import synthetic
-
-    plain = synthetic._distinct_colours
-    luma = torch.tensor((0.2989, 0.587, 0.114))
-    u = torch.tensor((1.0, -1.0, 0.0)) - (0.2989 - 0.587) / (luma @ luma) * luma  # (1, -1, 0) minus its luma part
-    u = u / u.norm()
-    v = torch.linalg.cross(luma, u)
-    v = v / v.norm()
-
-    def coloured(count, gen):
-        background, shape = plain(count, gen)
-        hue = torch.rand(count, generator=torch.Generator().manual_seed(count)) * 2 * math.pi  # own stream
-        return background, (shape + CHROMA * (hue.cos()[:, None] * u + hue.sin()[:, None] * v)).clamp(0, 1)
-
-    synthetic.generate.cache_clear()
-    monkeypatch.setattr(synthetic, "_distinct_colours", coloured)
-    yield
-    synthetic.generate.cache_clear()
+# CMC cannot run on Fashion-MNIST (grayscale), and on the embedded `synthetic` shapes its ab view is almost pure
+# noise (measured: in-batch loss stays at 2 log B, kNN falls to 25%): it learns on `synthetic-colour`, the same images
+# with coloured shapes (hue independent of the class), where ab shows the silhouette (synthetic.py, CHROMA).
 
 
 @pytest.mark.slow
-def test_pretraining_learns_the_coloured_synthetic_shapes(coloured_shapes, tmp_path):
+def test_pretraining_learns_the_coloured_synthetic_shapes(tmp_path):
     """L and ab views of one crop, contrasted in-batch, learn the shapes they share (weighted kNN, k=200, T=0.1,
     the learning tests' protocol): >= 2 points above the random-init encoder and raw pixels."""
     from contrastive_cli.data import open_dataset
@@ -228,8 +200,9 @@ def test_pretraining_learns_the_coloured_synthetic_shapes(coloured_shapes, tmp_p
     # lr 0.06 (the code's 0.03 at batch 128) diverges to a constant embedding with the small CNN: 0.01.
     run = prepare(PretrainSpec.model_validate({
         "method": {"name": "cmc", "contrast": "in-batch"}, "backbone": {"name": "small_cnn"},
+        "data": {"source": "synthetic-colour"},
         "optim": {"epochs": 10, "lr": 0.01}, "runtime": {"out": str(tmp_path / "r")}}))
-    bank, queries = open_dataset("synthetic", "train"), open_dataset("synthetic", "test")
+    bank, queries = open_dataset("synthetic-colour", "train"), open_dataset("synthetic-colour", "test")
     norm = {"mean": list(bank.mean), "std": list(bank.std)}
 
     def knn(encoder):

@@ -262,3 +262,16 @@ def test_sizes():
     assert [stored_size(s) for s in (32, 64, 96, 224)] == [32, 64, 110, 256]
     assert [native_size(n) for n in ("mnist", "fashion-mnist", "cifar10", "cifar100", "svhn", "stl10")] == \
         [28, 28, 32, 32, 32, 96]
+
+
+def test_synthetic_colour_is_synthetic_with_coloured_shapes():
+    """Same images, classes and grey levels; only the shapes' chroma (hue independent of the class) is added, so
+    methods whose views are colour channels (CMC's ab) see the silhouette there."""
+    from contrastive_cli import synthetic
+    plain, colour = open_dataset("synthetic", "test"), open_dataset("synthetic-colour", "test")
+    assert torch.equal(plain.labels, colour.labels) and colour.mean == synthetic.COLOUR_MEAN
+    luma = torch.tensor(synthetic.LUMA).view(1, 3, 1, 1)
+    grey = lambda x: (x.float() * luma).sum(1)  # noqa: E731
+    assert (grey(plain.images) - grey(colour.images)).abs().mean() < 2.0  # of 255 (1.16): clamping moves a few
+    assert (colour.images.float() - plain.images.float()).abs().mean() > 5
+    assert synthetic.channel_stats(colour.images)[0] != synthetic.channel_stats(plain.images)[0]
