@@ -41,7 +41,8 @@ class DataSpec(Spec):
     source: str = Field("synthetic", json_schema_extra=flag("--data"), description=(
         "Dataset: a folder (ImageFolder layout, an ImageNet-style root with train/ and val/, or a flat "
         "folder of unlabeled images), a torchvision name (cifar10, cifar100, stl10, mnist, fashion-mnist, "
-        "svhn) or 'synthetic', the embedded procedurally generated dataset."))
+        "svhn), 'synthetic', the embedded procedurally generated dataset, or 'synthetic-colour', its variant with "
+        "coloured shapes (for methods whose views are colour channels, such as CMC)."))
     root: Optional[Path] = Field(None, json_schema_extra=flag("--data-root"), description=(
         "Folder holding torchvision datasets [default: ~/.cache/contrastive/datasets]; fashion-mnist is "
         "also found in /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist)."))
