@@ -21,10 +21,6 @@ def tiny_spec(tmp_path, method="mocov2", **optim):
         "optim": {"epochs": 3, "batch_size": 32, **optim}, "runtime": {"out": str(tmp_path / "run")}})
 
 
-def losses(run_dir):
-    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "step" in r]
-
-
 def test_checkpoint_round_trip_restores_every_tensor(tmp_path):
     run = prepare(tiny_spec(tmp_path))
     train(run)
