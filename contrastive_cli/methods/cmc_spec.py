@@ -42,7 +42,7 @@ class CMCSpec(MethodSpec):
         if data.channels == 1:
             problems.append(f"data.source (--data): {run.data.source} is grayscale, but CMC's two views are the L "
                             "and ab channels of Lab colour space and grayscale has no ab; use a colour dataset "
-                            "(e.g. --data synthetic, the embedded colour shapes, or cifar10)")
+                            "(e.g. --data synthetic-colour, the embedded shapes with coloured shapes, or cifar10)")
         if self.contrast != "in-batch" and self.negatives == 0:
             problems.append("method.negatives (--negatives): CMC samples its negatives from the memory banks; use "
                             "at least 1 (the recipe: 16384, 4096 for small images)")
