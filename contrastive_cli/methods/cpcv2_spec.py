@@ -31,7 +31,8 @@ class CPCv2Spec(MethodSpec):
     directions: Annotated[Directions, Field(description=(
         "Prediction directions, each with its own context network: down (top to bottom, CPC v1), vertical (+ bottom "
         "to top) or all (+ left to right and right to left, as in CPC v2)."))] = "all"
-    context_dim: Annotated[int, Field(ge=1, description="Width of the masked-convolution context network.")] = 256
+    context_dim: Annotated[int, Field(ge=1, description=(
+        "Width of the masked-convolution context network (small: it runs on every patch of the grid)."))] = 64
     context_blocks: Annotated[int, Field(ge=1, description=(
         "Residual blocks of masked 3x3 convolutions in the context network (each looks 2 rows further up)."))] = 2
     patch_negatives: Annotated[int, Field(ge=0, description=(
