@@ -135,3 +135,32 @@ def test_a_grid_too_small_for_the_prediction_steps_is_refused():
         resolved(28, 1, prediction_steps=6)
     with pytest.raises(SpecError, match="patch-size"):
         resolved(28, 1, patch_size=24, patch_stride=8)
+
+
+def test_patch_jitter_changes_brightness_and_contrast_patch_by_patch_within_the_pixel_range():
+    torch.manual_seed(0)
+    facts = DataFacts(100, 1, (0.3, 0.3, 0.3), (0.35, 0.35, 0.35))
+    spec = resolved(28, 1, patch_jitter=0.4)
+    encoder, dim = CPCv2.build_encoder(**CPCv2.encoder_info(spec, facts)["kwargs"])
+    cpc = CPCv2(spec, encoder, dim, facts)
+    pixels = torch.rand(2, 3, 28, 28).mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    patches = cpc.backbone.patches((pixels - 0.3) / 0.35)
+    jittered = cpc.jitter_patches(patches) * 0.35 + 0.3
+    assert jittered.min() >= -1e-6 and jittered.max() <= 1 + 1e-6  # still pixel values in [0, 1]
+    original = patches * 0.35 + 0.3
+    gain = jittered.std(dim=(-3, -2, -1)) / original.std(dim=(-3, -2, -1))  # each patch its own factor
+    assert gain.flatten().unique().numel() > 30 and ((gain - 1).abs() <= 1.4 ** 2 - 1 + 1e-3).all()
+    cpc.spec.patch_jitter = 0.0
+    torch.manual_seed(1)
+    unflipped = cpc.augment_patches(patches)
+    assert all(torch.equal(p, q) or torch.equal(p, q.flip(-1))  # with no jitter only the flips remain
+               for p, q in zip(unflipped.reshape(-1, 3, 8, 8), patches.reshape(-1, 3, 8, 8)))
+
+
+def test_the_grid_pool_keeps_the_patch_features_side_by_side():
+    cpc = make_method(feature_pool="grid")
+    encoder = cpc.exported_encoder()
+    x = torch.randn(2, 3, 28, 28)
+    assert cpc.feature_dim == 36 * encoder.patch_dim
+    assert torch.equal(encoder(x), encoder.patch_features(x).flatten(1))
+    assert torch.isfinite(cpc([x])["loss"])  # the context networks still see one patch_dim vector per patch

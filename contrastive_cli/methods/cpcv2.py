@@ -25,14 +25,17 @@ def layer_norm_for_batch_norm(module: nn.Module) -> nn.Module:
 
 
 class PatchEncoder(nn.Module):
-    """The exported encoder: image → grid of patches → backbone on each patch → mean over the grid, one vector per
-    image (the paper's linear evaluation pools the patch features too). `patch_features` is the training path."""
+    """The exported encoder: image → grid of patches → backbone on each patch → one vector per image: the mean over
+    the grid (pool "mean", the paper's linear evaluation) or the grid's G² patch features side by side (pool "grid",
+    the layout kept, as the paper's downstream classifiers take the whole grid). `patch_features` is the training path."""
 
-    def __init__(self, backbone: str, stem: str, patch_size: int, stride: int, norm: str):
+    def __init__(self, backbone: str, stem: str, patch_size: int, stride: int, norm: str, pool: str = "mean",
+                 grid: int = 1):
         super().__init__()
-        net, self.out_dim = build_backbone(backbone, stem)
+        net, self.patch_dim = build_backbone(backbone, stem)
         self.net = layer_norm_for_batch_norm(net) if norm == "ln" else net
-        self.patch_size, self.stride = patch_size, stride
+        self.patch_size, self.stride, self.pool = patch_size, stride, pool
+        self.out_dim = self.patch_dim * (grid * grid if pool == "grid" else 1)
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] → [B, G, G, C, p, p]; patch (i, j) starts at pixel (i·stride, j·stride)."""
@@ -50,7 +53,8 @@ class PatchEncoder(nn.Module):
         return self.encode(self.patches(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.patch_features(x).mean(dim=(1, 2))
+        z = self.patch_features(x)
+        return z.flatten(1) if self.pool == "grid" else z.mean(dim=(1, 2))
 
 
 class MaskedConv(nn.Conv2d):
@@ -116,16 +120,21 @@ class CPCv2(Method):
         super().__init__(spec, backbone, feature_dim, data)
         spec = self.spec
         self.directions = DIRECTION_SETS[spec.directions]
-        self.context = nn.ModuleDict({d: ContextNetwork(feature_dim, spec.context_dim, spec.context_blocks,
+        patch_dim = backbone.patch_dim  # feature_dim is the exported (pooled) width
+        self.context = nn.ModuleDict({d: ContextNetwork(patch_dim, spec.context_dim, spec.context_blocks,
                                                         spec.prediction_steps) for d in self.directions})
         self.colour = data.channels == 3
+        # the views arrive normalised; per-patch jitter works on [0, 1] pixel values
+        self.register_buffer("pixel_mean", torch.tensor(data.mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(data.std).view(-1, 1, 1), persistent=False)
 
     @classmethod
     def encoder_info(cls, spec, data):
         m = spec.method
         return {"method": cls.name, "name": "cpc_patches", "kwargs": {
             "backbone": spec.backbone.name, "stem": spec.backbone.stem, "patch_size": m.patch_size,
-            "stride": m.patch_stride, "norm": m.patch_norm}}
+            "stride": m.patch_stride, "norm": m.patch_norm, "pool": m.feature_pool,
+            "grid": patch_grid(spec.data.image_size, m.patch_size, m.patch_stride)}}
 
     @staticmethod
     def build_encoder(**kwargs):
@@ -135,10 +144,22 @@ class CPCv2(Method):
     def views(self, augment, size, mean, std):
         return [ViewAugment(augment, size, mean, std, view=0)]  # one view: the patches of an image are its "views"
 
+    def jitter_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """Per patch: brightness × U(1 ± s), then contrast × U(1 ± s) around the patch's mean (s = patch_jitter), so
+        neighbouring patches cannot be matched by their shared intensity alone."""
+        s, grid = self.spec.patch_jitter, (*patches.shape[:3], 1, 1, 1)
+        pixels = patches * self.pixel_std + self.pixel_mean
+        pixels = pixels * (1 + s * (2 * torch.rand(grid) - 1)).to(pixels)
+        mean = pixels.mean(dim=(-3, -2, -1), keepdim=True)
+        pixels = ((pixels - mean) * (1 + s * (2 * torch.rand(grid) - 1)).to(pixels) + mean).clamp(0, 1)
+        return (pixels - self.pixel_mean) / self.pixel_std
+
     def augment_patches(self, patches: torch.Tensor) -> torch.Tensor:
-        """Per patch: flip left-right with p 0.5 and, on colour data, keep one of the three channels (0 = the data
-        mean after normalisation). Drawn from the CPU generator, which checkpoints save."""
+        """Per patch: brightness/contrast jitter, a left-right flip with p 0.5 and, on colour data, one of the three
+        channels kept (0 = the data mean after normalisation). Drawn from the CPU generator, which checkpoints save."""
         grid = patches.shape[:3]
+        if self.spec.patch_jitter > 0:
+            patches = self.jitter_patches(patches)
         flip = (torch.rand(grid) < 0.5).to(patches.device)
         patches = torch.where(flip[..., None, None, None], patches.flip(-1), patches)
         if self.colour:

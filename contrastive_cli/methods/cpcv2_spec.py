@@ -38,6 +38,13 @@ class CPCv2Spec(MethodSpec):
     patch_negatives: Annotated[int, Field(ge=0, description=(
         "Candidates besides the positive each prediction is scored against, drawn from all patches of the batch "
         "once per step (0: every patch of every image in the batch, the paper's)."))] = 0
+    feature_pool: Annotated[Literal["mean", "grid"], Field(description=(
+        "What the exported encoder gives per image: mean (the patch features averaged over the grid, the paper's "
+        "linear evaluation) or grid (the G² patch features side by side, G²·d wide: keeps the layout, as the "
+        "paper's downstream classifiers that take the whole grid of features)."))] = "mean"
+    patch_jitter: Annotated[float, Field(ge=0, lt=1, description=(
+        "Per-patch brightness and contrast jitter strength s: each patch's factors are drawn from U(1 ± s) (the "
+        "paper's per-patch colour augmentations; 0: off). Applied with --patch-augment."))] = 0.4
     patch_augment: Annotated[bool, Field(description=(
         "Per-patch augmentation: each patch is flipped left-right with p 0.5 and, on colour data, keeps one of its "
         "three channels (the paper's colour dropping)."))] = True
