@@ -46,8 +46,8 @@ class PatchEncoder(nn.Module):
 
     def encode(self, patches: torch.Tensor) -> torch.Tensor:
         """[B, G, G, C, p, p] → [B, G, G, D]: all patches of the batch through the backbone as one batch."""
-        b, gh, gw = patches.shape[:3]
-        return self.net(patches.reshape(b * gh * gw, *patches.shape[3:])).view(b, gh, gw, -1)
+        b, gh, gw = patches.shape[0], patches.shape[1], patches.shape[2]
+        return self.net(patches.flatten(0, 2)).view(b, gh, gw, -1)
 
     def patch_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode(self.patches(x))
