@@ -30,10 +30,14 @@ LAB_STD = (50.0, (86.183 + 98.233) / 2, (107.857 + 94.478) / 2)
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """[N, 3, H, W] sRGB in [0, 1] -> CIE Lab (L in 0..100), as skimage.color.rgb2lab."""
-    linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055).pow(2.4), rgb / 12.92)
     matrix = torch.tensor(XYZ_FROM_RGB, dtype=rgb.dtype, device=rgb.device)
-    white = torch.tensor(WHITE_D65, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
-    xyz = torch.einsum("ij,njhw->nihw", matrix, linear) / white
+    return lab_of(rgb, matrix, torch.tensor(WHITE_D65, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1))
+
+
+def lab_of(rgb: torch.Tensor, xyz_from_rgb: torch.Tensor, white: torch.Tensor) -> torch.Tensor:
+    """rgb_to_lab with its constants as tensors (TorchScript cannot read the module's tuples)."""
+    linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055).pow(2.4), rgb / 12.92)
+    xyz = torch.einsum("ij,njhw->nihw", xyz_from_rgb, linear) / white
     f = torch.where(xyz > 0.008856, xyz.clamp_min(0.008856).pow(1 / 3), 7.787 * xyz + 16 / 116)
     fx, fy, fz = f.unbind(1)
     return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], 1)
@@ -93,13 +97,22 @@ class LabEncoder(nn.Module):
         self.register_buffer("rgb_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("lab_mean", torch.tensor(LAB_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("lab_std", torch.tensor(LAB_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("xyz_from_rgb", torch.tensor(XYZ_FROM_RGB), persistent=False)
+        self.register_buffer("white", torch.tensor(WHITE_D65).view(1, 3, 1, 1), persistent=False)
 
     def lab_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised RGB -> (L [N, 1, H, W], ab [N, 2, H, W]), each scaled to about [-1, 1] as in the code."""
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):  # colour maths in fp32
-            rgb = (x.float() * self.rgb_std + self.rgb_mean).clamp_(0, 1)
-            lab = (rgb_to_lab(rgb) - self.lab_mean) / self.lab_std
+        lab = self.lab(x) if torch.jit.is_scripting() else self.lab_fp32(x)
         return lab[:, :1], lab[:, 1:]
+
+    def lab(self, x: torch.Tensor) -> torch.Tensor:
+        rgb = (x.float() * self.rgb_std + self.rgb_mean).clamp(0, 1)
+        return (lab_of(rgb, self.xyz_from_rgb, self.white) - self.lab_mean) / self.lab_std
+
+    @torch.jit.unused
+    def lab_fp32(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):  # colour maths in fp32, no gradient
+            return self.lab(x)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         l, ab = self.lab_views(x)
