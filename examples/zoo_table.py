@@ -84,6 +84,7 @@ def pixel_row() -> dict:
 def random_init_row(out: Path) -> dict:
     """A small CNN at random initialisation: a 0-epoch stand-in, evaluated like the trained encoders."""
     from contrastive_cli import checkpoint as ckpt
+    shutil.rmtree(out, ignore_errors=True)
     run = prepare(PretrainSpec.model_validate({**BUDGET, "method": {"name": "simclr"}, "runtime": {"out": str(out)}}))
     run.save()
     knn = knn_eval(KnnSpec(checkpoint=run.checkpoint_path, k=[20, 200], data={"subset": BANK}))
