@@ -1,7 +1,6 @@
 """The training loop: checkpoints round-trip, Ctrl-C and NaN are handled (resume equals an uninterrupted run for
 every method: test_method_contract.py)."""
 
-import json
 
 import pytest
 import torch

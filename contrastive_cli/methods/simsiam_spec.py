@@ -1,6 +1,6 @@
 """SimSiam's spec and recipe (Chen & He 2021); the module is simsiam.py."""
 
-from typing import Annotated, Literal, Optional
+from typing import Literal
 
 from pydantic import Field
 
