@@ -64,6 +64,29 @@ def learning_run(method: str, out, *, epochs: int, subset: int, bank: int = 1000
             "collapse_alarms": [e["collapse"]["alarm"] for e in epochs if "collapse" in e]}
 
 
+def synthetic_learning_run(sections: dict, k: int) -> dict:
+    """The same comparison on the embedded synthetic data (`sections`: a PretrainSpec dict whose data source is
+    'synthetic' or 'synthetic-colour'): kNN top-1 at `k` (T 0.1, bank = train, queries = test) of the pretrained
+    encoder, the same encoder at random initialisation, and raw pixels."""
+    run = prepare(PretrainSpec.model_validate(sections))
+    source = run.spec.data.source
+    bank, queries = open_dataset(source, "train"), open_dataset(source, "test")
+    norm = {"mean": list(bank.mean), "std": list(bank.std)}
+
+    def knn(encoder) -> float:
+        encoder.eval()
+        b, bl = extract(encoder, bank, bank.size, norm, run.device, 1000, 0)
+        q, ql = extract(encoder, queries, bank.size, norm, run.device, 1000, 0)
+        return weighted_knn(b, bl, q, ql, [k], 0.1, 10)[k]["top1"]
+
+    torch.manual_seed(0)
+    random_init = knn(build_method(run.spec, DataFacts.of(run.data)).exported_encoder())
+    pixels = weighted_knn(bank.images.flatten(1).float(), bank.labels, queries.images.flatten(1).float(),
+                          queries.labels, [k], 0.1, 10)[k]["top1"]
+    train(run)
+    return {"pretrained": knn(run.method.exported_encoder()), "random_init": random_init, "pixels": pixels}
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--method", default="simclr")

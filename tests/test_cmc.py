@@ -3,6 +3,8 @@ crop in Lab colour space, each has its own encoder, L anchors are contrasted wit
 with the L bank, and the representation is the concatenation of both encoders' features."""
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,31 +194,16 @@ def test_pretrain_on_fashion_mnist_stops_with_one_clear_message(in_tmp):
 def test_pretraining_learns_the_coloured_synthetic_shapes(tmp_path):
     """L and ab views of one crop, contrasted in-batch, learn the shapes they share (weighted kNN, k=200, T=0.1,
     the learning tests' protocol): >= 2 points above the random-init encoder and raw pixels."""
-    from contrastive_cli.data import open_dataset
-    from contrastive_cli.evaluate import extract, weighted_knn
-    from contrastive_cli.train import prepare, train
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    from learning_budget import synthetic_learning_run
 
-    # The default (NCE against memory banks) did not learn within this budget (see docs/methods-cmc.section.md);
+    # The default (NCE against memory banks) did not learn within this budget (see docs/methods.md#cmc-cmc);
     # lr 0.06 (the code's 0.03 at batch 128) diverges to a constant embedding with the small CNN: 0.01.
-    run = prepare(PretrainSpec.model_validate({
+    r = synthetic_learning_run({
         "method": {"name": "cmc", "contrast": "in-batch"}, "backbone": {"name": "small_cnn"},
         "data": {"source": "synthetic-colour"},
-        "optim": {"epochs": 10, "lr": 0.01}, "runtime": {"out": str(tmp_path / "r")}}))
-    bank, queries = open_dataset("synthetic-colour", "train"), open_dataset("synthetic-colour", "test")
-    norm = {"mean": list(bank.mean), "std": list(bank.std)}
-
-    def knn(encoder):
-        encoder.eval()
-        b, bl = extract(encoder, bank, 32, norm, run.device, 1000, 0)
-        q, ql = extract(encoder, queries, 32, norm, run.device, 1000, 0)
-        return weighted_knn(b, bl, q, ql, [200], 0.1, 10)[200]["top1"]
-
-    torch.manual_seed(0)
-    random_init = knn(build_method(run.spec, DataFacts.of(run.data)).exported_encoder())
-    pixels = weighted_knn(bank.images.flatten(1).float(), bank.labels, queries.images.flatten(1).float(),
-                          queries.labels, [200], 0.1, 10)[200]["top1"]
-    train(run)
-    pretrained = knn(run.method.exported_encoder())
+        "optim": {"epochs": 10, "lr": 0.01}, "runtime": {"out": str(tmp_path / "r")}}, k=200)
+    pretrained, random_init, pixels = r["pretrained"], r["random_init"], r["pixels"]
     print(f"\ncoloured synthetic cmc (in-batch): pretrained {pretrained:.1f}  random-init {random_init:.1f}  "
           f"pixels {pixels:.1f}")
     assert pretrained >= random_init + 2 and pretrained >= pixels + 2

@@ -13,7 +13,7 @@ import pytest
 from conftest import needs_fashion_mnist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-from learning_budget import learning_run  # noqa: E402
+from learning_budget import learning_run, synthetic_learning_run  # noqa: E402
 
 from contrastive_cli.methods import SPECS  # noqa: E402
 
@@ -31,7 +31,7 @@ PER_METHOD = {"simsiam": {"optim__lr": 0.2},
               # 255 sampled candidates cost about one 28 px view an image, so 10 epochs fit the budget; lr 2e-3 for the
               # short run; the grid pool (patch features side by side) keeps the garment's layout; per-patch jitter 0.8
               # (grayscale has no colour to drop). Measured k=200: 76.3 vs random-init 74.1, pixels 71.1 (one seed,
-              # 0.2 over the margin; 75.7 with jitter 0.4), see docs/methods-cpcv2.section.md.
+              # 0.2 over the margin; 75.7 with jitter 0.4), see docs/methods.md#cpc-v2-cpcv2.
               "cpcv2": {"method__patch_size": 14, "method__patch_stride": 7, "method__prediction_steps": 2,
                         "method__patch_negatives": 255, "method__feature_pool": "grid", "method__patch_jitter": 0.8,
                         "optim__lr": 2e-3, "optim__epochs": 10}}
@@ -55,31 +55,8 @@ def test_pretraining_beats_random_init_and_raw_pixels(method, tmp_path):
 @pytest.mark.slow
 def test_pretraining_learns_the_embedded_synthetic_shapes(tmp_path):
     """The default dataset is one on which pretraining measurably learns (the README's main job)."""
-    import torch
-
-    from contrastive_cli.data import open_dataset
-    from contrastive_cli.evaluate import extract, weighted_knn
-    from contrastive_cli.spec import PretrainSpec
-    from contrastive_cli.methods.base import build_method
-    from contrastive_cli.methods.fields import DataFacts
-    from contrastive_cli.train import prepare, train
-
-    run = prepare(PretrainSpec.model_validate({"method": {"name": "simclr"}, "backbone": {"name": "small_cnn"},
-                                               "optim": {"epochs": 30}, "runtime": {"out": str(tmp_path / "r")}}))
-    bank, queries = open_dataset("synthetic", "train"), open_dataset("synthetic", "test")
-    norm = {"mean": list(bank.mean), "std": list(bank.std)}
-
-    def knn(backbone):
-        backbone.eval()
-        b, bl = extract(backbone, bank, 32, norm, run.device, 1000, 0)
-        q, ql = extract(backbone, queries, 32, norm, run.device, 1000, 0)
-        return weighted_knn(b, bl, q, ql, [20], 0.1, 10)[20]["top1"]
-
-    torch.manual_seed(0)
-    random_init = knn(build_method(run.spec, DataFacts.of(run.data)).exported_encoder())
-    pixels = weighted_knn(bank.images.flatten(1).float(), bank.labels, queries.images.flatten(1).float(),
-                          queries.labels, [20], 0.1, 10)[20]["top1"]
-    train(run)
-    pretrained = knn(run.method.exported_encoder())
+    r = synthetic_learning_run({"method": {"name": "simclr"}, "backbone": {"name": "small_cnn"},
+                                "optim": {"epochs": 30}, "runtime": {"out": str(tmp_path / "r")}}, k=20)
+    pretrained, random_init, pixels = r["pretrained"], r["random_init"], r["pixels"]
     print(f"\nsynthetic simclr: pretrained {pretrained:.1f}  random-init {random_init:.1f}  pixels {pixels:.1f}")
     assert pretrained >= random_init + 10 and pretrained >= pixels + 4
