@@ -161,7 +161,7 @@ class ViewAugment:
 
     def __init__(self, spec: AugmentSpec, size: int, mean: tuple[float, float, float],
                  std: tuple[float, float, float], view: int = 0):
-        unresolved = [name for name, value in spec if value is None]
+        unresolved = [name for name, value in spec if value is None and not name.startswith("local_")]
         if unresolved:
             raise ValueError(f"AugmentSpec must be resolved before use; unset: {', '.join(unresolved)}")
         self.spec, self.size, self.mean, self.std, self.view = spec, size, tuple(mean), tuple(std), view

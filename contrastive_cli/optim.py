@@ -11,7 +11,7 @@ def decay_groups(params: list, lr: float, o, **extra) -> list[dict]:
     weights from decay (o.exclude_bias_norm_wd), the matrices with it and the vectors without."""
     split = ([p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]) \
         if o.exclude_bias_norm_wd else (params, [])
-    return [{"params": ps, "weight_decay": wd, "base_lr": lr, "lr": lr, "fixed_lr": False, **extra}
+    return [{"params": ps, "weight_decay": wd, "base_wd": wd, "base_lr": lr, "lr": lr, "fixed_lr": False, **extra}
             for ps, wd in zip(split, (o.weight_decay, 0.0)) if ps]
 
 
@@ -65,3 +65,13 @@ def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
     return optimizer.param_groups[0]["lr"]
 
 
+def set_weight_decay(optimizer: torch.optim.Optimizer, o, step: int, total: int) -> None:
+    """DINO's weight-decay schedule: a cosine from o.weight_decay to o.weight_decay_end over the run, per step, on
+    the decayed groups (the biases and norms the recipe excludes stay at 0)."""
+    end = getattr(o, "weight_decay_end", None)
+    if end is None or end == o.weight_decay:
+        return
+    wd = end + (o.weight_decay - end) * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
+    for g in optimizer.param_groups:
+        if g.get("base_wd", 0.0) > 0:
+            g["weight_decay"] = wd

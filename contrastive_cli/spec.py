@@ -97,6 +97,16 @@ class AugmentSpec(Spec):
         "Probability of solarization for view 1 and view 2."))
     min_blur_size: int = Field(SMALL_IMAGE, ge=0, description=(
         "Views smaller than this many pixels are never blurred (small-image adaptation)."))
+    local_crops: Optional[int] = Field(None, ge=0, description=(
+        "Multi-crop (SwAV, DINO): this many small local crops per image besides the two global views, each "
+        "--local-crop-size px from --local-crop-scale of the image; the encoder runs the views of one size "
+        "together [default: the method's recipe, else 0]."))
+    local_crop_size: Optional[int] = Field(None, ge=4, description=(
+        "Side of the local crops in pixels [default: 96/224 of the view side (half of it below 64 px), rounded "
+        "to a multiple of a ViT's patch size]."))
+    local_crop_scale: Optional[tuple[float, float]] = Field(None, description=(
+        "RandomResizedCrop area range of the local crops (min max) [default: the recipe's, else 0.05 0.4]."))
+    local_blur_p: Probability = Field(0.5, description="Probability of Gaussian blur for the local crops.")
 
     @model_validator(mode="after")
     def _ranges(self) -> "AugmentSpec":
@@ -110,19 +120,48 @@ class AugmentSpec(Spec):
         if self.jitter is not None:
             if min(self.jitter) < 0 or self.jitter[3] > 0.5:
                 raise ValueError("jitter strengths must be >= 0 and hue <= 0.5")
+        if self.local_crop_scale is not None:
+            lo, hi = self.local_crop_scale
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"local_crop_scale must satisfy 0 < min <= max <= 1 (got {lo} {hi})")
         lo, hi = self.blur_sigma
         if not 0 < lo <= hi:
             raise ValueError(f"blur_sigma must satisfy 0 < min <= max (got {lo} {hi})")
         return self
 
 
+VIT_NAMES = ("vit_tiny", "vit_small", "vit_base")
+
+
 class BackboneSpec(Spec):
-    name: Literal["resnet18", "resnet34", "resnet50", "small_cnn"] = Field(
+    name: Literal["resnet18", "resnet34", "resnet50", "small_cnn", VIT_NAMES] = Field(
         "resnet18", json_schema_extra=flag("--backbone"), description=(
-            "Encoder: torchvision ResNet-18/34/50, or a small CNN for fast tests."))
+            "Encoder: torchvision ResNet-18/34/50, a Vision Transformer (torchvision's VisionTransformer at the "
+            "DeiT/DINO sizes: tiny 192 wide, small 384, base 768; 12 blocks; the CLS token is the feature), or a "
+            "small CNN for fast tests."))
     stem: Literal["imagenet", "small"] = Field("imagenet", description=(
         "ResNet stem: 'imagenet' (7x7 stride-2 conv + max-pool) or 'small' (3x3 stride-1 conv, no "
         "max-pool, the CIFAR recipe; about 16x the compute at 32 px)."))
+    patch_size: Optional[int] = Field(None, ge=1, description=(
+        "ViT: side of the square patches in pixels; the view side (and the local crops') must be a multiple "
+        "[default: 16 from 64 px up; below, the divisor of the side nearest side/8, e.g. 4 at 28 or 32 px]."))
+    pos_embed: Optional[Literal["learned", "sincos"]] = Field(None, description=(
+        "ViT position embeddings: 'learned' (DINO, torchvision) or fixed 2-D 'sincos' (MoCo v3) [default: the "
+        "method's recipe, else learned]; interpolated when evaluated at another image size."))
+    depth: Optional[int] = Field(None, ge=1, description=(
+        "ViT: number of transformer blocks [default: 12, the named model's]; fewer make a cheaper model for "
+        "small data and quick runs."))
+
+    @property
+    def is_vit(self) -> bool:
+        return self.name in VIT_NAMES
+
+
+def default_patch_size(size: int) -> int:
+    """16 px patches for ImageNet-class views; on small views the divisor giving a grid nearest 8x8."""
+    if size >= SMALL_IMAGE:
+        return 16
+    return min((p for p in range(1, size + 1) if size % p == 0), key=lambda p: (abs(p - size / 8), p))
 
 
 class OptimSpec(Spec):
@@ -132,6 +171,9 @@ class OptimSpec(Spec):
     lr: Optional[float] = Field(None, gt=0, description=(
         "Learning rate at batch size 256; the rate used is lr x batch_size / 256."))
     weight_decay: Optional[float] = Field(None, ge=0, description="Weight decay.")
+    weight_decay_end: Optional[float] = Field(None, ge=0, description=(
+        "Weight decay at the end of training, reached by a cosine from --weight-decay, per step (DINO: 0.04 to "
+        "0.4) [default: the recipe's, else --weight-decay throughout]."))
     optimizer_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (AdamW beta1).")
     warmup_epochs: Optional[float] = Field(None, ge=0, description=(
         "Linear warm-up epochs before the schedule (the recipe's value takes at most a tenth of the run)."))
@@ -278,6 +320,7 @@ class ProbeOptimSpec(OptimSpec):
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="Optimiser.")
     lr: float = Field(30.0, gt=0, description="Learning rate at batch size 256; the rate used is lr x batch_size / 256.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+    weight_decay_end: Optional[float] = Field(None, exclude=True, json_schema_extra={"flag": None})  # pretrain only
     warmup_epochs: float = Field(0.0, ge=0, description="Linear warm-up epochs before the schedule.")
     schedule: Literal["cosine", "step", "constant"] = Field("step", description="Learning-rate schedule after warm-up.")
     exclude_bias_norm_wd: bool = Field(False, description="Exclude the classifier bias from weight decay.")
@@ -365,6 +408,7 @@ class TransferOptimSpec(OptimSpec):
     lr: float = Field(0.5, gt=0, description=(
         "Head learning rate at batch size 256; the rate used is lr x batch_size / 256."))
     weight_decay: float = Field(5e-4, ge=0, description="Weight decay (backbone and head).")
+    weight_decay_end: Optional[float] = Field(None, exclude=True, json_schema_extra={"flag": None})  # pretrain only
     warmup_epochs: float = Field(0.0, ge=0, description="Linear warm-up epochs before the schedule.")
     schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="Learning-rate schedule after warm-up.")
     exclude_bias_norm_wd: bool = Field(False, description="Exclude biases and normalisation parameters from weight decay.")
@@ -432,26 +476,66 @@ def validate(model: type[Spec], data: dict, flag_of: dict[tuple, str] | None = N
 
 
 def resolve_pretrain(spec: PretrainSpec, image_size: int, n_images: int, channels: int = 3) -> PretrainSpec:
-    """Fill the None fields from the method's recipe (small-image variant below SMALL_IMAGE px) and check what
-    needs the data: the result is the concrete spec that is printed, saved and embedded in checkpoints."""
-    recipe = type(spec.method).recipe(small=image_size < SMALL_IMAGE)
+    """Fill the None fields from the method's recipe (small-image variant below SMALL_IMAGE px, ViT variant for
+    ViT backbones) and check what needs the data: the result is the concrete spec that is printed, saved and
+    embedded in checkpoints."""
+    recipe = type(spec.method).recipe(small=image_size < SMALL_IMAGE, vit=spec.backbone.is_vit)
     data = spec.model_dump()
     data["data"]["image_size"] = image_size
-    for section in ("method", "optim", "augment"):
+    for section in ("method", "optim", "augment", "backbone"):
         for key, value in recipe.get(section, {}).items():
             if data[section].get(key) is None:
                 data[section][key] = value
-    optim = data["optim"]
+    optim, augment, backbone = data["optim"], data["augment"], data["backbone"]
     if spec.optim.warmup_epochs is None:  # the recipe's warm-up (10 of 100+ epochs) takes at most a tenth of a short run
         optim["warmup_epochs"] = min(optim["warmup_epochs"], optim["epochs"] / 10)
+    if spec.backbone.is_vit:
+        backbone["patch_size"] = backbone["patch_size"] or default_patch_size(image_size)
+        backbone["pos_embed"] = backbone["pos_embed"] or "learned"
+        backbone["depth"] = backbone["depth"] or 12
+    if optim["weight_decay_end"] is None:
+        optim["weight_decay_end"] = optim["weight_decay"]
+    augment["local_crops"] = augment["local_crops"] or 0
+    augment["local_crop_scale"] = augment["local_crop_scale"] or (0.05, 0.4)
+    if augment["local_crop_size"] is None:
+        side = image_size // 2 if image_size < SMALL_IMAGE else round(image_size * 96 / 224)
+        patch = backbone["patch_size"] or 1
+        augment["local_crop_size"] = max(patch, side // patch * patch)
     resolved = validate(PretrainSpec, data)
-    problems = resolved.method.check(resolved, DataFacts(n_images, channels))
-    if resolved.optim.batch_size > n_images:
-        problems.append(f"optim.batch_size (--batch-size): {resolved.optim.batch_size} is larger than the "
-                        f"{n_images} training images; use a smaller batch size or more data")
-    if resolved.optim.warmup_epochs >= resolved.optim.epochs:
-        problems.append(f"optim.warmup_epochs (--warmup-epochs): {resolved.optim.warmup_epochs} must be "
-                        f"shorter than the run ({resolved.optim.epochs} epochs)")
+    problems = resolved.method.check(resolved, DataFacts(n_images, channels)) + generic_problems(resolved, n_images)
     if problems:
         raise SpecError(problems)
     return resolved
+
+
+def generic_problems(s: PretrainSpec, n_images: int) -> list[str]:
+    """What no single method owns: batch and warm-up against the data and the run, multi-crop, ViT geometry."""
+    problems = []
+    if s.optim.batch_size > n_images:
+        problems.append(f"optim.batch_size (--batch-size): {s.optim.batch_size} is larger than the "
+                        f"{n_images} training images; use a smaller batch size or more data")
+    if s.optim.warmup_epochs >= s.optim.epochs:
+        problems.append(f"optim.warmup_epochs (--warmup-epochs): {s.optim.warmup_epochs} must be "
+                        f"shorter than the run ({s.optim.epochs} epochs)")
+    if s.augment.local_crops and not type(s.method).multi_crop:
+        users = ", ".join(name for name, m in SPECS.items() if m.multi_crop) or "none yet"
+        problems.append(f"augment.local_crops (--local-crops): {s.method.name} takes two views and has no use for "
+                        f"local crops (multi-crop methods: {users}); drop --local-crops")
+    b = s.backbone
+    if b.is_vit:
+        sides = {"data.image_size (--image-size)": s.data.image_size}
+        if s.augment.local_crops:
+            sides["augment.local_crop_size (--local-crop-size)"] = s.augment.local_crop_size
+        for where, side in sides.items():
+            if side % b.patch_size:
+                problems.append(f"{where}: {side} px is not a multiple of the ViT patch size ({b.patch_size} px); "
+                                f"choose a side or a --patch-size that divides it")
+        if "stem" in b.model_fields_set and b.stem != "imagenet":
+            problems.append("backbone.stem (--stem): the stem is a ResNet option; a ViT's input layer is set by "
+                            "--patch-size")
+    else:
+        for field in ("patch_size", "pos_embed", "depth"):
+            if getattr(b, field) is not None:
+                problems.append(f"backbone.{field} (--{field.replace('_', '-')}): a ViT option, but the backbone is "
+                                f"{b.name}; drop it or choose a vit_* backbone")
+    return problems

@@ -24,7 +24,7 @@ from .data import ImageSet, native_size, open_dataset
 from .errors import UserError
 from .methods.base import Method, build_method, encoder_record
 from .methods.fields import DataFacts
-from .optim import build_optimizer, lr_factor, set_lr
+from .optim import build_optimizer, lr_factor, set_lr, set_weight_decay
 from .runtime import autocast, default_workers, epoch_order, pick_device, seed_step
 from .spec import PretrainSpec, resolve_pretrain
 
@@ -226,6 +226,7 @@ def train(run: Run, progress=None, on_step: Optional[Callable[[Run, dict], None]
                 wait += t_got - t_ready
                 seed_step(generator, s.runtime.seed, run.step)
                 lr = set_lr(run.optimizer, lr_factor(run.step, run.total_steps, warmup, s.optim.schedule, s.optim.milestones))
+                set_weight_decay(run.optimizer, s.optim, run.step, run.total_steps)
                 with Stopwatch(device) as augment:
                     batch_views = [v(x, generator) for v in views]  # fp32, outside autocast
                 scalars = {k: float(torch.as_tensor(v).detach()) for k, v in

@@ -54,8 +54,9 @@ class Method(nn.Module):
 
     # ---- training hooks ----------------------------------------------------------------------
     def views(self, augment, size: int, mean, std) -> list[Callable]:
-        """The augmentation pipelines of one step, one per view, each (uint8 batch, generator) -> tensor."""
-        return [ViewAugment(augment, size, mean, std, view=v) for v in (0, 1)]
+        """The augmentation pipelines of one step, one per view, each (uint8 batch, generator) -> tensor: the two
+        global views, then augment.local_crops local ones (multi-crop, for methods whose spec sets multi_crop)."""
+        return [ViewAugment(augment, size, mean, std, view=v) for v in (0, 1)] + local_views(augment, mean, std)
 
     # forward(views, indices=None, progress=0.0) -> {"loss": ..., **scalars} is each method's own.
 
@@ -129,6 +130,30 @@ def build_method(spec, data: DataFacts) -> Method:
 
 
 # ---- shared parts --------------------------------------------------------------------------------
+
+
+def local_views(augment, mean, std) -> list[ViewAugment]:
+    """Multi-crop's local crops (SwAV, DINO): the global pipeline at local_crop_size px from local_crop_scale of the
+    image, blurred with local_blur_p and never solarised (DINO's local transform)."""
+    if not augment.local_crops:
+        return []
+    local = augment.model_copy(update={"crop_scale": augment.local_crop_scale, "solarize_p": (0.0, 0.0),
+                                       "blur_p": (augment.local_blur_p,) * 2})
+    return [ViewAugment(local, augment.local_crop_size, mean, std, view=0) for _ in range(augment.local_crops)]
+
+
+def encode_crops(encoder: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """Features of all views in order, [sum of batches, d]: consecutive views of one resolution go through the
+    encoder together (DINO's MultiCropWrapper), so multi-crop costs two forward passes, not 2 + N."""
+    features, start = [], 0
+    while start < len(views):
+        end = start + 1
+        while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+            end += 1
+        features.append(encoder(torch.cat(views[start:end])))
+        start = end
+    return torch.cat(features)
+
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:

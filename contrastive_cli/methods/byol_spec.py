@@ -17,7 +17,7 @@ class BYOLSpec(MethodSpec):
     pred_norm: PredNorm = "bn"
 
     @staticmethod
-    def recipe(small: bool) -> dict:
+    def recipe(small: bool, vit: bool = False) -> dict:
         # Paper: LARS, base lr 0.45 (<=100 epochs), wd 1e-6, warm-up 10 epochs + cosine, tau_base 0.99.
         # Here plain SGD, which needs the usual small-batch SGD lr and weight decay.
         optim = {"optimizer": "sgd", "lr": 0.2, "weight_decay": 1e-5 if small else 1e-6, "warmup_epochs": 10,

@@ -25,7 +25,7 @@ class CMCSpec(MethodSpec):
     bank_momentum: BankMomentum = 0.5
 
     @staticmethod
-    def recipe(small: bool) -> dict:
+    def recipe(small: bool, vit: bool = False) -> dict:
         # train_CMC.py: SGD lr 0.03 at batch 128 (= 0.06 at the 256 that --lr is given at), wd 1e-4, x0.1 at epochs
         # 120/160/200 of 240 (pass --milestones 0.5 0.667 0.833; the step default is 0.6 0.8), nce_k 16384,
         # nce_t 0.07. Crops: crop_low 0.2 (AlexNet), 0.08 for ResNets on ImageNet; no colour augmentation at all.

@@ -20,7 +20,8 @@ class CPCv2Spec(MethodSpec):
     paper, year = "Hénaff et al. 2020 (CPC v2)", 2019.4
     name: Literal["cpcv2"] = "cpcv2"
     patch_size: Annotated[Optional[Annotated[int, Field(ge=4)]], Field(description=(
-        "Side of the square patches the view is cut into, in pixels (recipe: 64 on large views, 8 below 64 px)."))] = None
+        "Side of the square patches the view is cut into, in pixels (recipe: 64 on large views, 8 below 64 px)."),
+        json_schema_extra={"flag": "--cpc-patch-size"})] = None
     patch_stride: Annotated[Optional[Annotated[int, Field(ge=1)]], Field(description=(
         "Step between neighbouring patches in pixels; half the patch side overlaps them (recipe: 32, 4 below 64 px)."))] = None
     patch_norm: Annotated[PatchNorm, Field(description=(
@@ -50,7 +51,7 @@ class CPCv2Spec(MethodSpec):
         "three channels (the paper's colour dropping)."))] = True
 
     @staticmethod
-    def recipe(small: bool) -> dict:
+    def recipe(small: bool, vit: bool = False) -> dict:
         # No official code: the 64/32 grid is [U] (protocols §2) and 8/4 its small-image scaling; the optimiser, lr,
         # wd, K and the crop/jitter values are assumptions [U] (Adam-family, as in the CPC v1 image experiments).
         optim = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "warmup_epochs": 2,
@@ -67,8 +68,8 @@ class CPCv2Spec(MethodSpec):
         size = run.data.image_size
         grid = patch_grid(size, self.patch_size, self.patch_stride)
         if grid < 2:
-            return [f"method.patch_size (--patch-size): {self.patch_size} px patches at stride {self.patch_stride} "
-                    f"give a {grid}x{grid} grid on {size} px views; use smaller patches (e.g. --patch-size "
+            return [f"method.patch_size (--cpc-patch-size): {self.patch_size} px patches at stride {self.patch_stride} "
+                    f"give a {grid}x{grid} grid on {size} px views; use smaller patches (e.g. --cpc-patch-size "
                     f"{max(4, size // 4)} --patch-stride {max(1, size // 8)}) so the grid has at least 2 rows"]
         if self.prediction_steps >= grid:
             return [f"method.prediction_steps (--prediction-steps): {self.prediction_steps} rows ahead do not fit "

@@ -36,15 +36,17 @@ class MethodSpec(BaseModel):
     year: ClassVar[float] = 0  # orders --method choices along the field's lineage
     module: ClassVar[str] = ""  # set by the registry: methods/<module>.py holds the nn.Module
     needs_colour: ClassVar[bool] = False  # True: grayscale data is refused by check (e.g. CMC's L/ab views)
+    multi_crop: ClassVar[bool] = False  # True: forward takes 2 global views + --local-crops local ones (SwAV, DINO)
 
     @classmethod
     def method_name(cls) -> str:
         return cls.model_fields["name"].default
 
     @staticmethod
-    def recipe(small: bool) -> dict:
-        """Paper defaults for the None fields: {'method': {...}, 'optim': {...}, 'augment': {...}};
-        `small`: the view side is below SMALL_IMAGE px (the CIFAR-style variant)."""
+    def recipe(small: bool, vit: bool = False) -> dict:
+        """Paper defaults for the None fields: {'method': {...}, 'optim': {...}, 'augment': {...}, 'backbone': {...}};
+        `small`: the view side is below SMALL_IMAGE px (the CIFAR-style variant); `vit`: the backbone is a Vision
+        Transformer (recipes that differ by backbone family, e.g. MoCo v3's optimiser and heads)."""
         return {}
 
     def check(self, run, data: DataFacts) -> list[str]:

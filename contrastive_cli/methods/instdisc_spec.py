@@ -14,7 +14,7 @@ class InstDiscSpec(MethodSpec):
     bank_momentum: BankMomentum = 0.5
 
     @staticmethod
-    def recipe(small: bool) -> dict:
+    def recipe(small: bool, vit: bool = False) -> dict:
         # lemniscate.pytorch f7cfe29. ImageNet (main.py): lr 0.03 at batch 256, wd 1e-4, x0.1 at epochs 120 and 160
         # of 200, nce-k 4096, nce-t 0.07. CIFAR (cifar.py): lr 0.03 at batch 128 (0.06 at 256 under the linear rule
         # the CLI applies), wd 5e-4, the same steps, nce-t 0.1. Both: ColorJitter(0.4 x 4) on every image (torchvision

@@ -12,7 +12,7 @@ class InvaSpreadSpec(MethodSpec):
     proj_dim: ProjDim = 128
 
     @staticmethod
-    def recipe(small: bool) -> dict:
+    def recipe(small: bool, vit: bool = False) -> dict:
         # mangye16/Unsupervised_Embedding_Learning 29de398, demo_seen.py: the same values for CIFAR-10 (32 px) and
         # STL-10 (96 px). SGD lr 0.03 at batch 128 (0.06 at 256 under the linear rule the CLI applies), wd 5e-4,
         # steps at epochs 120/160/200 (x0.1, x0.05, x0.01; here the shared x0.1 steps at 60 % / 80 %), --batch-t 0.1;

@@ -18,7 +18,7 @@ class MoCoV1Spec(MethodSpec):
     bn_splits: BnSplits = 8
 
     @staticmethod
-    def recipe(small: bool) -> dict:
+    def recipe(small: bool, vit: bool = False) -> dict:
         # Official main_moco.py without --mlp/--aug-plus/--cos: lr 0.03, wd 1e-4, x0.1 at epochs 120 and 160 of 200,
         # T 0.07, K 65536, m 0.999. Small images: the CIFAR demo's K 4096, m 0.99, wd 5e-4 (v1 settings otherwise).
         optim = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 5e-4 if small else 1e-4,

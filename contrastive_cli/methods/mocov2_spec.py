@@ -17,7 +17,7 @@ class MoCoV2Spec(MethodSpec):
     bn_splits: BnSplits = 8
 
     @staticmethod
-    def recipe(small: bool) -> dict:
+    def recipe(small: bool, vit: bool = False) -> dict:
         # ImageNet: official code with --mlp --moco-t 0.2 --aug-plus --cos; small images: the CIFAR demo.
         optim = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 5e-4 if small else 1e-4,
                  "warmup_epochs": 0, "schedule": "cosine", "exclude_bias_norm_wd": False}

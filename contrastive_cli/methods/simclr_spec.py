@@ -13,7 +13,7 @@ class SimCLRSpec(MethodSpec):
     proj_dim: ProjDim = 128
 
     @staticmethod
-    def recipe(small: bool) -> dict:
+    def recipe(small: bool, vit: bool = False) -> dict:
         # lr 0.3 x B/256 with warm-up + cosine, wd 1e-6 (v1 code; LARS there, SGD here); CIFAR: tau 0.5, jitter strength 0.5.
         s = 0.5 if small else 1.0
         optim = {"optimizer": "sgd", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10,

@@ -22,7 +22,7 @@ class SimCLRv2Spec(MethodSpec):
     momentum: Momentum = None
 
     @staticmethod
-    def recipe(small: bool) -> dict:
+    def recipe(small: bool, vit: bool = False) -> dict:
         # tf2 README: lr 0.3 x B/256 (= 0.075 sqrt(B) at 4096), wd 1e-4, warm-up 10 epochs + cosine, tau 0.1; LARS
         # there, SGD here. CIFAR command: tau 0.5, colour strength 0.5, no blur. The memory's momentum is MoCo's.
         s = 0.5 if small else 1.0

@@ -22,7 +22,7 @@ class SimSiamSpec(MethodSpec):
     pred_norm: PredNorm = "bn"
 
     @staticmethod
-    def recipe(small: bool) -> dict:
+    def recipe(small: bool, vit: bool = False) -> dict:
         # Official code: SGD lr 0.05 x B/256, wd 1e-4, cosine, no warm-up, MoCo v2 augmentation.
         # CIFAR (paper appendix): lr 0.03 x B/256, wd 5e-4, 2-layer projector.
         optim = {"optimizer": "sgd", "lr": 0.03 if small else 0.05, "weight_decay": 5e-4 if small else 1e-4,
