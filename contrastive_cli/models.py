@@ -1,12 +1,16 @@
-"""Backbones (torchvision ResNets, a small CNN) and MLP heads built from layer specs."""
+"""Backbones (torchvision ResNets and Vision Transformers, a small CNN) and MLP heads built from layer specs."""
 
 from __future__ import annotations
 
 from typing import Literal, NamedTuple, Optional
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 import torchvision
+from torchvision.models.vision_transformer import VisionTransformer
 
 Norm = Optional[Literal["bn", "bn-noaffine", "ln"]]
 
@@ -53,15 +57,68 @@ class SmallCNN(nn.Module):
         return self.pool(self.features(x)).flatten(1)
 
 
-def build_backbone(name: str, stem: str = "imagenet") -> tuple[nn.Module, int]:
+VIT_SIZES = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12)}  # DeiT/DINO: width, heads
+
+
+def sincos_position_embedding(grid: int, width: int) -> torch.Tensor:
+    """MoCo v3's fixed 2-D sine-cosine embedding [1, 1 + grid², width]: a quarter of the channels each for sin and
+    cos of the column and of the row at geometric frequencies; zeros for the CLS token."""
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                                indexing="ij")
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    at_col, at_row = cols.flatten()[:, None] * omega, rows.flatten()[:, None] * omega
+    patches = torch.cat([at_col.sin(), at_col.cos(), at_row.sin(), at_row.cos()], dim=1)
+    return torch.cat([torch.zeros(1, width), patches]).unsqueeze(0)
+
+
+class ViT(VisionTransformer):
+    """torchvision's VisionTransformer whose feature is the final CLS token (`heads` is Identity), so its state_dict
+    loads with strict=True into `VisionTransformer(image_size, patch_size, depth, heads, width, 4 * width)` whose
+    heads were replaced the same way, and gives the same features. Unlike torchvision's, it takes any image side
+    that is a multiple of the patch size: the position embeddings of the patch grid are interpolated (bicubic, as
+    DINO's evaluation) when the grid differs from the training one."""
+
+    def __init__(self, image_size: int, patch_size: int, width: int, num_heads: int, depth: int,
+                 pos_embed: str = "learned"):
+        super().__init__(image_size, patch_size, depth, num_heads, width, 4 * width)
+        self.heads = nn.Identity()
+        if pos_embed == "sincos":  # fixed: MoCo v3 found it as good as learned and more stable
+            self.encoder.pos_embedding.data.copy_(sincos_position_embedding(image_size // patch_size, width))
+            self.encoder.pos_embedding.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        tokens = self.conv_proj(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.class_token.expand(n, -1, -1), tokens], dim=1)
+        tokens = tokens + self.position_embedding(h // self.patch_size, w // self.patch_size)
+        tokens = self.encoder.ln(self.encoder.layers(self.encoder.dropout(tokens)))
+        return tokens[:, 0]
+
+    def position_embedding(self, rows: int, cols: int) -> torch.Tensor:
+        pos = self.encoder.pos_embedding
+        grid = self.image_size // self.patch_size
+        if rows == grid and cols == grid:
+            return pos
+        patches = pos[:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+        patches = F.interpolate(patches, size=(rows, cols), mode="bicubic", align_corners=False)
+        return torch.cat([pos[:, :1], patches.flatten(2).transpose(1, 2)], dim=1)
+
+
+def build_backbone(name: str, stem: str = "imagenet", image_size: int = 224, patch_size: int = 16,
+                   pos_embed: str = "learned", depth: int = 12) -> tuple[nn.Module, int]:
     """Return (backbone producing pooled features, feature dimension).
 
     ResNets keep torchvision's key names with `fc` replaced by Identity, so an exported backbone loads
-    with strict=True into `torchvision.models.resnetXX()` whose fc was replaced the same way.
+    with strict=True into `torchvision.models.resnetXX()` whose fc was replaced the same way; ViTs likewise into
+    torchvision's VisionTransformer with `heads` replaced (class ViT).
     """
     if name == "small_cnn":
         net = SmallCNN()
         return net, net.out_dim
+    if name in VIT_SIZES:
+        width, num_heads = VIT_SIZES[name]
+        return ViT(image_size, patch_size, width, num_heads, depth, pos_embed), width
     net = getattr(torchvision.models, name)(weights=None)
     if stem == "small":  # CIFAR-style stem for 32 px-class images (MoCo demo, InstDisc, SimCLR cifar_stem)
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)

@@ -134,7 +134,7 @@ VIT_NAMES = ("vit_tiny", "vit_small", "vit_base")
 
 
 class BackboneSpec(Spec):
-    name: Literal["resnet18", "resnet34", "resnet50", "small_cnn", VIT_NAMES] = Field(
+    name: Literal["resnet18", "resnet34", "resnet50", "small_cnn", "vit_tiny", "vit_small", "vit_base"] = Field(
         "resnet18", json_schema_extra=flag("--backbone"), description=(
             "Encoder: torchvision ResNet-18/34/50, a Vision Transformer (torchvision's VisionTransformer at the "
             "DeiT/DINO sizes: tiny 192 wide, small 384, base 768; 12 blocks; the CLS token is the feature), or a "
@@ -522,6 +522,9 @@ def generic_problems(s: PretrainSpec, n_images: int) -> list[str]:
         problems.append(f"augment.local_crops (--local-crops): {s.method.name} takes two views and has no use for "
                         f"local crops (multi-crop methods: {users}); drop --local-crops")
     b = s.backbone
+    if b.is_vit and not type(s.method).vit_backbone:
+        problems.append(f"backbone.name (--backbone): {s.method.name} builds a convolutional encoder of its own and "
+                        f"cannot use a Vision Transformer; choose resnet18/34/50 or small_cnn")
     if b.is_vit:
         sides = {"data.image_size (--image-size)": s.data.image_size}
         if s.augment.local_crops:

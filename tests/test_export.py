@@ -47,10 +47,11 @@ def fails_cleanly(result, *needles):
     return text
 
 
-def make_checkpoint(folder: Path, method: dict, backbone: str) -> Path:
+def make_checkpoint(folder: Path, method: dict, backbone) -> Path:
     """A real pretraining checkpoint (written by Run.save) whose BN statistics are not the identity, so an
     artefact that ran batch norm in training mode, or dropped the buffers, would not match."""
-    spec = PretrainSpec.model_validate({"method": method, "backbone": {"name": backbone},
+    backbone = {"name": backbone} if isinstance(backbone, str) else backbone
+    spec = PretrainSpec.model_validate({"method": method, "backbone": backbone,
                                         "data": {"subset": 64}, "optim": {"batch_size": 32, "epochs": 1},
                                         "runtime": {"out": str(folder), "device": "cpu"}})
     run = prepare(spec)
@@ -72,6 +73,12 @@ def small(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def r18(tmp_path_factory) -> Path:  # MoCo v2: its ShuffleBN backbone must still export plain torchvision keys
     return make_checkpoint(tmp_path_factory.mktemp("export") / "r18", {"name": "mocov2", "queue_size": 64}, "resnet18")
+
+
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory) -> Path:  # DINO's family: a two-block ViT-tiny with 8 px patches on the 32 px synthetic data
+    return make_checkpoint(tmp_path_factory.mktemp("export") / "vit", {"name": "simclr"},
+                           {"name": "vit_tiny", "depth": 2, "patch_size": 8})
 
 
 def encoder_and_input(checkpoint: Path, batch: int = 3, size=None):
@@ -123,6 +130,18 @@ def test_safetensors_backbone_loads_strictly_into_plain_torchvision_resnet18(r18
         check_metadata(decoded(f.metadata()), r18, "backbone")
 
 
+def test_vit_safetensors_loads_strictly_into_torchvision_vision_transformer_with_the_same_arguments(vit):
+    exported(vit)
+    kwargs = ckpt.read_meta(vit)["backbone"]["kwargs"]  # image_size 32, patch_size 8, depth 2, pos_embed learned
+    model = torchvision.models.VisionTransformer(kwargs["image_size"], kwargs["patch_size"], num_layers=kwargs["depth"],
+                                                 num_heads=3, hidden_dim=192, mlp_dim=768)  # ViT-tiny
+    model.heads = torch.nn.Identity()  # the CLS token is the feature
+    model.load_state_dict(load_file(vit.with_name("checkpoint.backbone.safetensors")), strict=True)
+    backbone, x, _ = encoder_and_input(vit)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), backbone(x), atol=ATOL, rtol=0)
+
+
 def test_small_cnn_safetensors_loads_strictly_into_build_backbone(small, tmp_path):
     exported(small, "--out", tmp_path / "weights.safetensors")
     model, _ = build_backbone("small_cnn")
@@ -133,7 +152,7 @@ def test_small_cnn_safetensors_loads_strictly_into_build_backbone(small, tmp_pat
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
-@pytest.mark.parametrize("which", ["small", "r18"])
+@pytest.mark.parametrize("which", ["small", "r18", "vit"])
 def test_torchscript_runs_without_contrastive_at_any_batch_and_image_size(which, request, tmp_path):
     checkpoint = request.getfixturevalue(which)
     exported(checkpoint, "--format", "torchscript", "--out", tmp_path / "model.pt")
@@ -147,7 +166,7 @@ def test_torchscript_runs_without_contrastive_at_any_batch_and_image_size(which,
             torch.testing.assert_close(program(x), backbone(x), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("which", ["small", "r18"])
+@pytest.mark.parametrize("which", ["small", "r18", "vit"])
 def test_onnx_runs_in_onnxruntime_with_a_dynamic_batch_axis(which, request):
     import onnxruntime as ort  # the test extra installs it (and the onnx extra)
     checkpoint = request.getfixturevalue(which)

@@ -15,15 +15,19 @@ from contrastive_cli.spec import PretrainSpec
 from contrastive_cli.train import TrainingStopped, optimisation_step, prepare, train
 
 METHODS = list(SPECS)
+# both backbone families: every method with the small CNN, and with a one-block ViT where the method takes one
+FAMILIES = [(name, "cnn") for name in SPECS] + [(name, "vit") for name in SPECS if SPECS[name].vit_backbone]
+BACKBONES = {"cnn": {"name": "small_cnn"}, "vit": {"name": "vit_tiny", "depth": 1, "patch_size": 8}}
 
 
-def tiny(tmp_path, name, epochs=2):
-    """The embedded synthetic data (32 px colour), small CNN, 96 images, batch 32: 3 steps an epoch."""
+def tiny(tmp_path, name, epochs=2, family="cnn"):
+    """The embedded synthetic data (32 px colour), small CNN (or a one-block ViT-tiny with 8 px patches), 96 images,
+    batch 32: 3 steps an epoch."""
     method = {"name": name}
     if "queue_size" in SPECS[name].model_fields:
         method["queue_size"] = 40  # no multiple of the batch: the queue wraps inside a push
     return PretrainSpec.model_validate({
-        "method": method, "backbone": {"name": "small_cnn"}, "data": {"source": "synthetic", "subset": 96},
+        "method": method, "backbone": BACKBONES[family], "data": {"source": "synthetic", "subset": 96},
         "optim": {"epochs": epochs, "batch_size": 32}, "monitor": {"images": 64},
         "runtime": {"out": str(tmp_path / "run"), "checkpoint_every": 1}})
 
@@ -36,17 +40,17 @@ def one_batch(run):
     return views, indices
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_recipe_leaves_no_field_unset(tmp_path, name):
-    spec = prepare(tiny(tmp_path, name)).spec
-    for section in ("method", "optim", "augment"):
+@pytest.mark.parametrize("name,family", FAMILIES)
+def test_recipe_leaves_no_field_unset(tmp_path, name, family):
+    spec = prepare(tiny(tmp_path, name, family=family)).spec
+    for section in ("method", "optim", "augment") + (("backbone",) if family == "vit" else ()):
         unset = [k for k, v in getattr(spec, section) if v is None]
         assert not unset, f"{name}: the recipe leaves {section}.{unset} unset"
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_loss_is_finite_and_its_gradient_reaches_the_encoder(tmp_path, name):
-    run = prepare(tiny(tmp_path, name))
+@pytest.mark.parametrize("name,family", FAMILIES)
+def test_loss_is_finite_and_its_gradient_reaches_the_encoder(tmp_path, name, family):
+    run = prepare(tiny(tmp_path, name, family=family))
     views, indices = one_batch(run)
     out = run.method(views, indices, 0.0)
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
@@ -56,18 +60,18 @@ def test_loss_is_finite_and_its_gradient_reaches_the_encoder(tmp_path, name):
     assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_every_trainable_parameter_is_in_exactly_one_optimiser_group(tmp_path, name):
-    run = prepare(tiny(tmp_path, name))
+@pytest.mark.parametrize("name,family", FAMILIES)
+def test_every_trainable_parameter_is_in_exactly_one_optimiser_group(tmp_path, name, family):
+    run = prepare(tiny(tmp_path, name, family=family))
     in_groups = [id(p) for g in run.optimizer.param_groups for p in g["params"]]
     trainable = {id(p) for p in run.method.parameters() if p.requires_grad}
     assert len(in_groups) == len(set(in_groups)), "a parameter sits in two groups"
     assert set(in_groups) == trainable
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_momentum_networks_get_no_gradient_and_move_only_by_ema(tmp_path, name):
-    run = prepare(tiny(tmp_path, name))
+@pytest.mark.parametrize("name,family", FAMILIES)
+def test_momentum_networks_get_no_gradient_and_move_only_by_ema(tmp_path, name, family):
+    run = prepare(tiny(tmp_path, name, family=family))
     targets = [p for _, target in run.method.momentum_pairs() for p in target.parameters()]
     assert all(not p.requires_grad for p in targets)
     views, indices = one_batch(run)
@@ -75,9 +79,9 @@ def test_momentum_networks_get_no_gradient_and_move_only_by_ema(tmp_path, name):
     assert all(p.grad is None for p in targets)
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_checkpoint_round_trips_and_the_encoder_rebuilds_from_its_record(tmp_path, name):
-    run = prepare(tiny(tmp_path, name, epochs=1))
+@pytest.mark.parametrize("name,family", FAMILIES)
+def test_checkpoint_round_trips_and_the_encoder_rebuilds_from_its_record(tmp_path, name, family):
+    run = prepare(tiny(tmp_path, name, epochs=1, family=family))
     train(run)
     restored = prepare(PretrainSpec(), resume=run.dir)
     for (k, a), b in zip(run.method.state_dict().items(), restored.method.state_dict().values()):
@@ -115,10 +119,10 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_run(tmp_path, name)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated upstream; export still offers it
-@pytest.mark.parametrize("name", METHODS)
-def test_exported_encoder_scripts_to_torchscript_with_the_same_features(tmp_path, name):
+@pytest.mark.parametrize("name,family", FAMILIES)
+def test_exported_encoder_scripts_to_torchscript_with_the_same_features(tmp_path, name, family):
     """`contrastive export --format torchscript` scripts the encoder rebuilt from the checkpoint (no sizes baked in)."""
-    run = prepare(tiny(tmp_path, name, epochs=1))
+    run = prepare(tiny(tmp_path, name, epochs=1, family=family))
     run.save()
     tensors, meta = ckpt.load(run.checkpoint_path, prefix="backbone.")
     encoder, _ = build_encoder(meta["backbone"])

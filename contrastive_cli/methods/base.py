@@ -50,7 +50,7 @@ class Method(nn.Module):
         backbone by default. A method with an encoder of its own returns {'method': cls.name, 'name': ...,
         'kwargs': {...}} (JSON values) and defines `build_encoder(**kwargs) -> (module, feature_dim)`. The encoder
         takes views normalised with data.mean / data.std, as every evaluation feeds it."""
-        return {"name": spec.backbone.name, "kwargs": {"stem": spec.backbone.stem}}
+        return backbone_info(spec)
 
     # ---- training hooks ----------------------------------------------------------------------
     def views(self, augment, size: int, mean, std) -> list[Callable]:
@@ -108,6 +108,15 @@ def method_class(name: str) -> type[Method]:
     raise ImportError(f"{module.__name__} defines no Method subclass with name = {name!r}")
 
 
+def backbone_info(spec) -> dict:
+    """The record of a plain backbone: its name and the build_backbone arguments of its family."""
+    b = spec.backbone
+    if b.is_vit:
+        return {"name": b.name, "kwargs": {"image_size": spec.data.image_size, "patch_size": b.patch_size,
+                                           "pos_embed": b.pos_embed, "depth": b.depth}}
+    return {"name": b.name, "kwargs": {"stem": b.stem}}
+
+
 def build_encoder(info: dict) -> tuple[nn.Module, int]:
     """The encoder a checkpoint's `backbone` record describes (Method.encoder_info), at random initialisation."""
     if "method" in info:
@@ -119,7 +128,7 @@ def encoder_record(spec, data: DataFacts, feature_dim: int) -> dict:
     """encoder_info plus what readers need without rebuilding it; 'torchvision': the keys load into torchvision."""
     info = method_class(spec.method.name).encoder_info(spec, data)
     return {**info, "feature_dim": feature_dim,
-            "torchvision": "method" not in info and info["name"].startswith("resnet")}
+            "torchvision": "method" not in info and info["name"].startswith(("resnet", "vit_"))}
 
 
 def build_method(spec, data: DataFacts) -> Method:

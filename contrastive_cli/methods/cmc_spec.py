@@ -11,6 +11,7 @@ class CMCSpec(MethodSpec):
     paper, year = "Tian et al. 2019 (CMC)", 2019.5
     needs_colour: ClassVar[bool] = True  # the views are the L and ab channels of Lab: grayscale has no ab
     name: Literal["cmc"] = "cmc"
+    vit_backbone: ClassVar[bool] = False  # the encoder splits a conv net's channels into its L and ab halves
     contrast: Literal["nce", "softmax", "in-batch"] = Field("nce", description=(
         "How each view's features are contrasted with the other view's: 'nce' (the paper: NCE against a memory "
         "bank of the other view, --negatives samples), 'softmax' (the code's --softmax: cross-entropy over the "

@@ -1,6 +1,6 @@
 """CPC v2's spec and recipe (Hénaff et al. 2020, no official code); the module is cpcv2.py."""
 
-from typing import Annotated, Literal, Optional
+from typing import Annotated, ClassVar, Literal, Optional
 
 from pydantic import Field
 
@@ -19,6 +19,7 @@ def patch_grid(image_size: int, patch_size: int, stride: int) -> int:
 class CPCv2Spec(MethodSpec):
     paper, year = "Hénaff et al. 2020 (CPC v2)", 2019.4
     name: Literal["cpcv2"] = "cpcv2"
+    vit_backbone: ClassVar[bool] = False  # the encoder runs a conv patch encoder over its grid of patches
     patch_size: Annotated[Optional[Annotated[int, Field(ge=4)]], Field(description=(
         "Side of the square patches the view is cut into, in pixels (recipe: 64 on large views, 8 below 64 px)."),
         json_schema_extra={"flag": "--cpc-patch-size"})] = None

@@ -36,6 +36,7 @@ class MethodSpec(BaseModel):
     year: ClassVar[float] = 0  # orders --method choices along the field's lineage
     module: ClassVar[str] = ""  # set by the registry: methods/<module>.py holds the nn.Module
     needs_colour: ClassVar[bool] = False  # True: grayscale data is refused by check (e.g. CMC's L/ab views)
+    vit_backbone: ClassVar[bool] = True  # False: the method builds a conv encoder of its own (CMC, CPC v2)
     multi_crop: ClassVar[bool] = False  # True: forward takes 2 global views + --local-crops local ones (SwAV, DINO)
 
     @classmethod

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..losses import mi_bound, nt_xent
 from ..models import Layer, build_backbone, mlp
-from .base import KeyQueue, Method, momentum_copy
+from .base import backbone_info, KeyQueue, Method, momentum_copy
 
 
 class BatchNormNoShift(nn.BatchNorm1d):
@@ -50,13 +50,14 @@ class SimCLRv2(Method):
         if m.keep_proj_layers == 0:  # the plain backbone record: exports stay torchvision-loadable
             return super().encoder_info(spec, data)
         return {"method": cls.name, "name": f"{spec.backbone.name}+projector[:{m.keep_proj_layers}]",
-                "kwargs": {"backbone": spec.backbone.name, "stem": spec.backbone.stem, "keep": m.keep_proj_layers,
-                           "proj_layers": m.proj_layers, "proj_dim": m.proj_dim}}
+                "kwargs": {"backbone": spec.backbone.name, "backbone_kwargs": backbone_info(spec)["kwargs"],
+                           "keep": m.keep_proj_layers, "proj_layers": m.proj_layers, "proj_dim": m.proj_dim}}
 
     @staticmethod
-    def build_encoder(backbone, stem, keep, proj_layers, proj_dim):
-        """The backbone followed by the first `keep` projector layers (random init); keys backbone.*, projector.*."""
-        net, width = build_backbone(backbone, stem)
+    def build_encoder(backbone, keep, proj_layers, proj_dim, backbone_kwargs=None, stem="imagenet"):
+        """The backbone followed by the first `keep` projector layers (random init); keys backbone.*, projector.*.
+        (`stem`: checkpoints written before ViTs recorded only the ResNet stem.)"""
+        net, width = build_backbone(backbone, **(backbone_kwargs or {"stem": stem}))
         kept = projection_head(width, proj_layers, proj_dim)[:keep]
         out = proj_dim if keep == proj_layers else width
         return nn.Sequential(OrderedDict(backbone=net, projector=nn.Sequential(*kept))), out
