@@ -3,6 +3,7 @@ written into docs/methods.md (between the ZOO markers) with a PNG bar chart.
 
     python examples/zoo_table.py                       # all methods, ~15-25 min on 2 CPU cores
     python examples/zoo_table.py --methods simclr byol --no-write
+    python examples/zoo_table.py --vit-methods mocov3 dino   # which methods also get a ViT row (default: those two)
 
 Budget (the learning tests' budget): small CNN, 10,000 training images, 15 epochs, batch 256, crops of 20-100%,
 each method's own recipe otherwise. Evaluation: weighted kNN (T 0.1, k 20 and 200) with 10,000 training images
@@ -10,6 +11,9 @@ as the bank and the whole test split (10,000) as queries; a linear probe on cach
 10,000 images (100 epochs, lr 1, step schedule); images/s of pretraining and its minutes. Methods that need colour
 (CMC) cannot run on grayscale data and are listed without figures. Reference rows: raw pixels, and each method's
 encoder at random initialisation is not repeated (same architecture: one random-init small CNN row).
+
+ViT rows: the learning tests' ViT budget (tests/test_learning.py VIT_BUDGET: a 4-block ViT-tiny with 7 px patches),
+each method's ViT recipe, with a random-init row of the same ViT.
 """
 
 from __future__ import annotations
@@ -39,24 +43,36 @@ BANK = 10000
 START, END = "<!-- ZOO:START (examples/zoo_table.py writes this block) -->", "<!-- ZOO:END -->"
 
 
-def per_method_overrides() -> dict:
-    """The learning tests' per-method settings (tests/test_learning.py PER_METHOD), so the table and tests agree."""
-    from test_learning import PER_METHOD
-    out = {}
-    for method, overrides in PER_METHOD.items():
-        sections: dict = {}
-        for key, value in overrides.items():
-            section, field = key.split("__")
-            sections.setdefault(section, {})[field] = value
-        out[method] = sections
+def sections(overrides: dict) -> dict:
+    """{'optim__lr': 0.1, 'backbone': 'x'} -> {'optim': {'lr': 0.1}, 'backbone': {'name': 'x'}}."""
+    out: dict = {}
+    for key, value in overrides.items():
+        section, field = key.split("__") if "__" in key else (key, "name")
+        if section in ("epochs", "subset"):
+            section, field = {"epochs": ("optim", "epochs"), "subset": ("data", "subset")}[section]
+        out.setdefault(section, {})[field] = value
     return out
 
 
-def run_method(name: str, out: Path, overrides: dict) -> dict:
+def per_method_overrides(family: str = "cnn") -> dict:
+    """The learning tests' per-method settings (tests/test_learning.py PER_METHOD, or VIT_BUDGET and
+    VIT_PER_METHOD for ViT rows), so the table and the tests agree."""
+    import test_learning as t
+    if family == "vit":
+        return {m: sections({**t.VIT_BUDGET, **t.VIT_PER_METHOD.get(m, {})}) for m in SPECS}
+    return {method: sections(overrides) for method, overrides in t.PER_METHOD.items()}
+
+
+def merged(overrides: dict) -> dict:
     spec = json.loads(json.dumps(BUDGET))
-    spec["method"] = {"name": name}
     for section, fields in overrides.items():
         spec.setdefault(section, {}).update(fields)
+    return spec
+
+
+def run_method(name: str, out: Path, overrides: dict, family: str = "cnn") -> dict:
+    spec = merged(overrides)
+    spec["method"] = {"name": name}
     spec["runtime"] = {"out": str(out)}
     shutil.rmtree(out, ignore_errors=True)
     run = prepare(PretrainSpec.model_validate(spec))
@@ -67,7 +83,7 @@ def run_method(name: str, out: Path, overrides: dict) -> dict:
     probe = linear_probe(LinearProbeSpec(checkpoint=run.checkpoint_path, cached=True, data={"subset": BANK},
                                          optim={"lr": 1.0}))
     top1 = {r["k"]: r["top1"] for r in knn["results"]}
-    return {"method": name, "paper": SPECS[name].paper, "knn20": top1[20], "knn200": top1[200],
+    return {"method": name if family == "cnn" else f"{name} (ViT)", "paper": SPECS[name].paper, "knn20": top1[20], "knn200": top1[200],
             "probe": probe["top1"], "images_per_s": round(stats["images_per_s"]), "minutes": round(minutes, 1),
             "mi_bound": round(stats["mi_bound"], 2) if "mi_bound" in stats else None,
             "collapse": stats.get("collapse", {}).get("verdict")}
@@ -81,18 +97,20 @@ def pixel_row() -> dict:
     return {"method": "raw pixels", "knn20": r[20]["top1"], "knn200": r[200]["top1"]}
 
 
-def random_init_row(out: Path) -> dict:
-    """A small CNN at random initialisation: a 0-epoch stand-in, evaluated like the trained encoders."""
+def random_init_row(out: Path, overrides: dict | None = None, label: str = "random-init small CNN") -> dict:
+    """An encoder at random initialisation (the small CNN, or the ViT rows' ViT): a 0-epoch stand-in, evaluated like
+    the trained encoders."""
     from contrastive_cli import checkpoint as ckpt
     shutil.rmtree(out, ignore_errors=True)
-    run = prepare(PretrainSpec.model_validate({**BUDGET, "method": {"name": "simclr"}, "runtime": {"out": str(out)}}))
+    spec = {**merged(overrides or {}), "method": {"name": "simclr"}, "runtime": {"out": str(out)}}
+    run = prepare(PretrainSpec.model_validate(spec))
     run.save()
     knn = knn_eval(KnnSpec(checkpoint=run.checkpoint_path, k=[20, 200], data={"subset": BANK}))
     probe = linear_probe(LinearProbeSpec(checkpoint=run.checkpoint_path, cached=True, data={"subset": BANK},
                                          optim={"lr": 1.0}))
     top1 = {r["k"]: r["top1"] for r in knn["results"]}
     assert ckpt.read_meta(run.checkpoint_path)["step"] == 0
-    return {"method": "random-init small CNN", "knn20": top1[20], "knn200": top1[200], "probe": probe["top1"]}
+    return {"method": label, "knn20": top1[20], "knn200": top1[200], "probe": probe["top1"]}
 
 
 def markdown(rows: list[dict], skipped: list[str]) -> str:
@@ -131,6 +149,7 @@ def bar_chart(rows: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", nargs="*", default=list(SPECS))
+    ap.add_argument("--vit-methods", nargs="*", default=["mocov3", "dino"], help="methods that also get a ViT row")
     ap.add_argument("--out", default="runs/zoo")
     ap.add_argument("--epochs", type=int, default=BUDGET["optim"]["epochs"], help="a smoke test of the script only")
     ap.add_argument("--no-write", action="store_true", help="print the table instead of writing docs/methods.md")
@@ -148,6 +167,17 @@ def main() -> None:
             rows.append(json.loads(saved.read_text()))
         else:
             rows.append(run_method(name, Path(args.out) / name, overrides.get(name, {})))
+            saved.write_text(json.dumps(rows[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    vit = per_method_overrides("vit")
+    if args.vit_methods:
+        rows.append(random_init_row(Path(args.out) / "random-init-vit", vit[args.vit_methods[0]], "random-init ViT"))
+    for name in args.vit_methods:
+        saved = Path(args.out) / f"{name}-vit.json"
+        if saved.exists() and name not in args.rerun:
+            rows.append(json.loads(saved.read_text()))
+        else:
+            rows.append(run_method(name, Path(args.out) / f"{name}-vit", vit[name], "vit"))
             saved.write_text(json.dumps(rows[-1]))
         print(json.dumps(rows[-1]), flush=True)
     table = markdown(rows, skipped)
