@@ -102,7 +102,7 @@ def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, redundancy_weight: float) -
     unscaled, as the official code since June 2021 (its earlier --scale-loss 1/32 is gone). Returns (L, the
     invariance term Σ(1 − C_ii)², the redundancy term Σ_{i≠j} C_ij² before λ).
 
-    In fp32 whatever the autocast: bf16 keeps 8 bits of mantissa, too few to resolve 1 − C_ii near the optimum."""
+    In fp32 whatever the autocast: bf16 keeps 8 significant bits, too few to resolve 1 − C_ii near the optimum."""
     with torch.autocast(z1.device.type, enabled=False):
         z1, z2 = batch_standardize(z1.float()), batch_standardize(z2.float())
         n = all_reduce(torch.tensor(float(len(z1)), device=z1.device))

@@ -62,7 +62,7 @@ def test_loss_is_zero_for_perfectly_correlated_decorrelated_features():
 
 
 def test_a_constant_embedding_pays_the_whole_invariance_term():
-    # every dimension standardises to 0: C = 0, so each of the d diagonal terms costs (1 − 0)² and collapse is no minimum
+    # every dimension standardises to 0: C = 0, each of the d diagonal terms costs (1 − 0)²: collapse is no minimum
     loss, on_diagonal, off_diagonal = barlow_twins(torch.ones(8, 5), torch.ones(8, 5), LAMBDA)
     assert on_diagonal.item() == pytest.approx(5) and off_diagonal.item() == 0 and loss.item() == pytest.approx(5)
 
