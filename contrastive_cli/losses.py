@@ -1,7 +1,8 @@
 """Losses as plain functions/modules, each a direct transcription of its formula.
 
 `gather` switches to features from all processes under torch.distributed (identity otherwise), so
-in-batch negatives grow with the global batch as in the papers.
+in-batch negatives grow with the global batch as in the papers; `all_reduce` sums a statistic the same way (Barlow
+Twins' cross-correlation).
 """
 
 from __future__ import annotations
@@ -75,3 +76,71 @@ def mi_bound(loss: torch.Tensor, candidates: int) -> dict[str, torch.Tensor | fl
     """The InfoNCE readout (CPC, seed 004): I(x; y) ≥ log(N) − L_N, with N = 1 + negatives the candidates the loss
     really scored. It cannot exceed log N, so it saturates there however much the views share; both are logged."""
     return {"mi_bound": math.log(candidates) - loss.detach(), "mi_max": math.log(candidates)}
+
+
+def all_reduce(x: torch.Tensor) -> torch.Tensor:
+    """Sum x across processes (identity on one), with the gradient summed back to every process's x."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return x
+    from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+    return differentiable_all_reduce(x)
+
+
+def batch_standardize(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """BatchNorm1d(affine=False) in training mode: every dimension to zero mean and unit (biased) variance over the
+    batch; over the global batch under torch.distributed, as the official code's SyncBatchNorm."""
+    n = all_reduce(torch.tensor(float(len(z)), device=z.device))
+    mean = all_reduce(z.sum(dim=0)) / n
+    var = all_reduce((z - mean).pow(2).sum(dim=0)) / n
+    return (z - mean) / torch.sqrt(var + eps)
+
+
+def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, redundancy_weight: float) -> tuple[torch.Tensor, ...]:
+    """Barlow Twins' loss on the projector outputs of the two views, [B, d] each. With the cross-correlation
+    C = BN(z1)ᵀ·BN(z2) / B of the batch-standardised embeddings (summed over processes, B the global batch),
+        L = Σ_i (1 − C_ii)² + λ·Σ_{i≠j} C_ij²
+    unscaled, as the official code since June 2021 (its earlier --scale-loss 1/32 is gone). Returns (L, the
+    invariance term Σ(1 − C_ii)², the redundancy term Σ_{i≠j} C_ij² before λ).
+
+    In fp32 whatever the autocast: bf16 keeps 8 significant bits, too few to resolve 1 − C_ii near the optimum."""
+    with torch.autocast(z1.device.type, enabled=False):
+        z1, z2 = batch_standardize(z1.float()), batch_standardize(z2.float())
+        n = all_reduce(torch.tensor(float(len(z1)), device=z1.device))
+        c = all_reduce(z1.T @ z2) / n
+        diagonal = c.diagonal()
+        on_diagonal = (1 - diagonal).pow(2).sum()
+        off_diagonal = c.pow(2).sum() - diagonal.pow(2).sum()  # Σ_{i≠j} without building a mask of d² entries
+    return on_diagonal + redundancy_weight * off_diagonal, on_diagonal, off_diagonal
+
+
+def vicreg_variance(z: torch.Tensor, target: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg's v(Z): the mean over dimensions of the hinge max(0, γ − S(z_j, ε)), S = sqrt(Var(z_j) + ε) with the
+    unbiased variance over the batch; 0 once every dimension's std reaches γ."""
+    return F.relu(target - torch.sqrt(z.var(dim=0) + eps)).mean()
+
+
+def vicreg_covariance(z: torch.Tensor) -> torch.Tensor:
+    """VICReg's c(Z): the squared off-diagonal entries of the covariance matrix (unbiased, 1/(N−1)), summed and
+    divided by the dimension d."""
+    n, d = z.shape
+    z = z - z.mean(dim=0)
+    cov = z.T @ z / (n - 1)
+    return (cov.pow(2).sum() - cov.diagonal().pow(2).sum()) / d
+
+
+def vicreg(z1: torch.Tensor, z2: torch.Tensor, invariance_weight: float, variance_weight: float,
+           covariance_weight: float, target_std: float = 1.0, eps: float = 1e-4) -> tuple[torch.Tensor, ...]:
+    """VICReg's loss on the expander outputs of the two views, [B, d] each, as the official main_vicreg.py computes it:
+        L = λ·s(Z, Z') + μ·[v(Z) + v(Z')]/2 + ν·[c(Z) + c(Z')]
+    with s the mean squared error over the local batch, and v and c over the batch gathered from all processes.
+    The code averages the two variance terms where the paper's formula sums them (facebookresearch/vicreg issues
+    #8, #26); λ = μ = 25, ν = 1 were tuned with the code. Returns (L, s, the averaged v, the summed c), the three
+    terms before their weights. In fp32 whatever the autocast, like barlow_twins."""
+    with torch.autocast(z1.device.type, enabled=False):
+        z1, z2 = z1.float(), z2.float()
+        invariance = F.mse_loss(z1, z2)
+        z1, z2 = gather(z1), gather(z2)
+        variance = (vicreg_variance(z1, target_std, eps) + vicreg_variance(z2, target_std, eps)) / 2
+        covariance = vicreg_covariance(z1) + vicreg_covariance(z2)
+    loss = invariance_weight * invariance + variance_weight * variance + covariance_weight * covariance
+    return loss, invariance, variance, covariance

@@ -69,6 +69,9 @@ Temperature = _opt(float, "Softmax temperature of the contrastive loss.", gt=0)
 ProjHiddenDim = _req(int, "Hidden width of the projector MLP.", ge=1)
 ProjDim = _req(int, "Output width of the projector (the embedding).", ge=1)
 ProjLayers = _opt(int, "Number of Linear layers in the projector MLP.", ge=1)
+# Barlow Twins and VICReg size their projector by the recipe: 8192 wide on ImageNet, narrower for small images
+RecipeProjHiddenDim = _opt(int, "Hidden width of the projector MLP.", ge=1)
+RecipeProjDim = _opt(int, "Output width of the projector (the embedding).", ge=1)
 PredHiddenDim = _req(int, "Hidden width of the predictor MLP.", ge=1)
 Momentum = _opt(float, "Momentum-encoder EMA coefficient (BYOL: the base value of its cosine schedule).", ge=0, le=1)
 QueueSize = _opt(int, "Number of negative keys in the queue filled by the momentum encoder (MoCo; SimCLR v2's memory, "
