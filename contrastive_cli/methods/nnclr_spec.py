@@ -18,7 +18,7 @@ class NNCLRSpec(MethodSpec):
     support_size: Optional[int] = Field(None, ge=1, description=(
         "Size of the support set: a FIFO queue of past projections (of the first view) in which each view's "
         "nearest neighbour is looked up and used as its positive; at most the number of training images "
-        "[default: the recipe's, 98304 on ImageNet]."))
+        "[default: the recipe's, 98304 (the paper's) from 64 px up, 8192 below]."))
 
     @staticmethod
     def recipe(small: bool, vit: bool = False) -> dict:
