@@ -38,7 +38,7 @@ PER_METHOD = {"simsiam": {"optim__lr": 0.2},
               # MoCo v3 and NNCLR keep their papers' 4096/2048-wide heads by default, which on the small CNN (256
               # features) cost more than the encoder: MoCo v3 ran at BYOL's speed (about 1.9 min idle) and NNCLR
               # slower. 1024-wide heads train 1.75x faster (benchmarked side by side under load) and learn as well:
-              # MoCo v3 76.1 (default widths: 76.0), NNCLR 76.35, vs random-init 70.4, pixels 71.1 (k=200).
+              # MoCo v3 76.1-76.5 (default widths: 76.0), NNCLR 76.35-76.45, vs random-init 70.4, pixels 71.1 (k=200).
               "mocov3": {"method__proj_hidden_dim": 1024, "method__pred_hidden_dim": 1024},
               "nnclr": {"method__proj_hidden_dim": 1024, "method__pred_hidden_dim": 1024}}
 # methods that need colour cannot run on grayscale Fashion-MNIST; their learning test runs on the synthetic data

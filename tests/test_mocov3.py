@@ -103,7 +103,7 @@ def test_momentum_encoder_gets_no_gradient_and_follows_the_cosine_schedule(tmp_p
 
 
 def linears_and_norms(head):
-    """(bias, out width) of each Linear and (affine,) of each BN, in order, plus whether a ReLU follows."""
+    """Each module of a head in order: (kind, Linear: has a bias / BN: affine / ReLU: None)."""
     return [(type(m).__name__, m.bias is not None if isinstance(m, nn.Linear) else getattr(m, "affine", None))
             for m in head]
 
