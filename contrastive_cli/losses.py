@@ -144,3 +144,29 @@ def vicreg(z1: torch.Tensor, z2: torch.Tensor, invariance_weight: float, varianc
         covariance = vicreg_covariance(z1) + vicreg_covariance(z2)
     loss = invariance_weight * invariance + variance_weight * variance + covariance_weight * covariance
     return loss, invariance, variance, covariance
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes under torch.distributed ((0, 1) otherwise): where a
+    process's rows sit in what `gather` returns."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 0, 1
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def in_batch_infonce(anchors: torch.Tensor, candidates: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy of cos(anchor_i, candidate_j)/T over the (all-gathered) candidates, anchor i's positive being
+    candidate i of its own process: -(1/N) Σ_i log softmax_j(â_i·ĉ_j/T)[i]. One view order of MoCo v3's ctr and of
+    NNCLR's Eq. 2; gradients reach the anchors and this process's candidates."""
+    anchors, candidates = F.normalize(anchors, dim=1), gather(F.normalize(candidates, dim=1))
+    logits = anchors @ candidates.T / temperature
+    rank, _ = rank_and_world()
+    positives = torch.arange(len(anchors), device=anchors.device) + rank * len(anchors)
+    return F.cross_entropy(logits, positives)
+
+
+def mocov3_ctr(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
+    """MoCo v3's ctr(q, k) = 2τ · CE(q̂·k̂ᵀ/τ): the keys are the other view's momentum-encoder outputs of the
+    whole (gathered) batch, key i the positive of query i, no queue. The 2τ factor makes the loss (and its
+    gradient) less sensitive to τ (Chen, Xie & He 2021, Alg. 1)."""
+    return 2 * temperature * in_batch_infonce(q, k.detach(), temperature)

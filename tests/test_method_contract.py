@@ -24,8 +24,9 @@ def tiny(tmp_path, name, epochs=2, family="cnn"):
     """The embedded synthetic data (32 px colour), small CNN (or a one-block ViT-tiny with 8 px patches), 96 images,
     batch 32: 3 steps an epoch."""
     method = {"name": name}
-    if "queue_size" in SPECS[name].model_fields:
-        method["queue_size"] = 40  # no multiple of the batch: the queue wraps inside a push
+    for queue in ("queue_size", "support_size"):  # MoCo's negatives, NNCLR's support set
+        if queue in SPECS[name].model_fields:
+            method[queue] = 40  # no multiple of the batch: the queue wraps inside a push
     return PretrainSpec.model_validate({
         "method": method, "backbone": BACKBONES[family], "data": {"source": "synthetic", "subset": 96},
         "optim": {"epochs": epochs, "batch_size": 32}, "monitor": {"images": 64},
