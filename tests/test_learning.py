@@ -48,12 +48,15 @@ PER_METHOD = {"simsiam": {"optim__lr": 0.2},
               # MoCo v3 76.1-76.5 (default widths: 76.0), NNCLR 76.35-76.45, vs random-init 70.4, pixels 71.1 (k=200).
               "mocov3": {"method__proj_hidden_dim": 1024, "method__pred_hidden_dim": 1024},
               "nnclr": {"method__proj_hidden_dim": 1024, "method__pred_hidden_dim": 1024}}
-# The transformer methods also learn with a ViT: a 4-block ViT-tiny with 7 px patches (a 4x4 grid at 28 px). A
-# random-init ViT is a weak kNN encoder on Fashion-MNIST (about 61%, below raw pixels), so the claim is the margin
-# over the same ViT at random initialisation; the pixel figure is printed and documented alongside.
-VIT_BUDGET = {"backbone": "vit_tiny", "backbone__depth": 4, "backbone__patch_size": 7, "epochs": 5, "subset": 10000,
+# The transformer methods also learn with a ViT: a 2-block ViT-tiny with 7 px patches (a 4x4 grid at 28 px), 5000
+# images. A random-init ViT is a weak kNN encoder on Fashion-MNIST (57-61%, below raw pixels), so the claim is the
+# margin over the same ViT at random initialisation; the pixel figure is printed and documented alongside. MoCo v3's
+# ViT recipe lr (AdamW 1.5e-4, for 300 epochs) barely moves in 4; 1e-3 does, and 1024-wide heads (recipe 4096) keep
+# the step cheap. Measured (4 epochs, one loaded machine): 65.05 vs random-init 57.35, pixels 71.1, no collapse alarm.
+VIT_BUDGET = {"backbone": "vit_tiny", "backbone__depth": 2, "backbone__patch_size": 7, "epochs": 4, "subset": 5000,
               "augment__crop_scale": (0.2, 1.0)}
-VIT_PER_METHOD: dict = {}
+VIT_PER_METHOD: dict = {"mocov3": {"optim__lr": 1e-3, "method__proj_hidden_dim": 1024,
+                                   "method__pred_hidden_dim": 1024}}
 VIT_METHODS = ["mocov3", "dino"]
 # methods that need colour cannot run on grayscale Fashion-MNIST; their learning test runs on the synthetic data
 NEEDS_COLOUR = {name for name, spec in SPECS.items() if spec.needs_colour}
