@@ -110,9 +110,11 @@ class SwAV(Method):
         self.normalise_prototypes()  # the official code does it before each forward; the same sequence of weights
 
     def embeddings(self, x):
-        """The encoder's features, the normalised projection, and each image's predicted assignment
-        softmax(z·C / τ): when the codes lose the equal partition, the images share one prototype and both the
-        projection and the assignment become constant."""
+        """The encoder's features, the normalised projection, and each image's prototype as a one-hot vector (the
+        argmax of z·C): over a set of images the latter's spread is 1 − Σ_k f_k² (f_k: the share of images on
+        prototype k) and its effective rank counts the prototypes in use, so when the codes lose the equal partition
+        and every image goes to one prototype it is a complete collapse."""
         h = self.backbone(x)
         z = self.project(h)
-        return {"backbone": h, "projector": z, "assignment": F.softmax(self.prototypes(z) / self.spec.temperature, dim=1)}
+        assignment = F.one_hot(self.prototypes(z).argmax(dim=1), self.spec.prototypes).float()
+        return {"backbone": h, "projector": z, "assignment": assignment}
