@@ -170,3 +170,42 @@ def mocov3_ctr(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Te
     whole (gathered) batch, key i the positive of query i, no queue. The 2τ factor makes the loss (and its
     gradient) less sensitive to τ (Chen, Xie & He 2021, Alg. 1)."""
     return 2 * temperature * in_batch_infonce(q, k.detach(), temperature)
+
+
+@torch.no_grad()
+def sinkhorn_codes(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
+    """SwAV's codes: the soft assignment Q [B, K] of B samples to K prototypes that maximises Tr(Qᵀ·scores) + ε·H(Q)
+    under the equal-partition constraint (each prototype receives B/K of the mass, each sample a distribution),
+    by `iterations` Sinkhorn-Knopp steps on exp(scores/ε). Under torch.distributed the sums run over the samples of
+    every process, as the official distributed_sinkhorn does (B is then the global count)."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+
+    def all_reduce(x, op=None):
+        if distributed:
+            torch.distributed.all_reduce(x, **({"op": op} if op is not None else {}))
+        return x
+
+    scores = scores.float()
+    # a common shift cancels in the normalisations; it keeps exp finite for any ε (the official code has none)
+    top = all_reduce(scores.max().clone(), torch.distributed.ReduceOp.MAX if distributed else None)
+    q = torch.exp((scores - top) / epsilon).T  # [K, B], the paper's orientation
+    k, b = q.shape[0], q.shape[1] * (torch.distributed.get_world_size() if distributed else 1)
+    q /= all_reduce(q.sum())
+    for _ in range(iterations):
+        q /= all_reduce(q.sum(dim=1, keepdim=True))  # each prototype: total mass 1/K
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)  # each sample: total mass 1/B
+        q /= b
+    return (q * b).T  # rows sum to 1: each sample's code is a distribution over the prototypes
+
+
+def swapped_prediction(codes: list[torch.Tensor], scores: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """SwAV's loss: codes[s] (q_s, [B, K], no gradient) is the code of crop s, one per assigned crop (the first
+    len(codes) of the crops); scores[v] = z_v·C, [B, K], for every crop v. Each code is predicted from every other
+    crop: L = mean_s mean_{v≠s} mean_batch −Σ_k q_s,k log softmax(z_v·C/τ)_k."""
+    log_p = [F.log_softmax(s / temperature, dim=1) for s in scores]
+    loss = 0.0
+    for s, q in enumerate(codes):
+        others = [v for v in range(len(scores)) if v != s]
+        loss = loss + sum(-(q * log_p[v]).sum(dim=1).mean() for v in others) / len(others)
+    return loss / len(codes)
