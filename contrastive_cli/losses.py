@@ -75,3 +75,14 @@ def mi_bound(loss: torch.Tensor, candidates: int) -> dict[str, torch.Tensor | fl
     """The InfoNCE readout (CPC, seed 004): I(x; y) ≥ log(N) − L_N, with N = 1 + negatives the candidates the loss
     really scored. It cannot exceed log N, so it saturates there however much the views share; both are logged."""
     return {"mi_bound": math.log(candidates) - loss.detach(), "mi_max": math.log(candidates)}
+
+
+def dino_loss(student: torch.Tensor, teacher_probs: torch.Tensor, student_temp: float) -> torch.Tensor:
+    """DINO's cross-entropy H(P_t, P_s) = −Σ_k P_t log P_s, averaged over the batch and over the (teacher view,
+    student view) pairs of different views. `student` [V, B, K]: head outputs of all V crops, the 2 global ones
+    first; `teacher_probs` [2, B, K]: the teacher's centred, sharpened softmax of the global crops, taken as
+    constants. P_s = softmax(student / student_temp)."""
+    log_p_student = F.log_softmax(student.float() / student_temp, dim=-1)
+    cross = -torch.einsum("tbk,vbk->tv", teacher_probs.detach().float(), log_p_student) / student.shape[1]
+    different_views = ~torch.eye(*cross.shape, dtype=torch.bool, device=cross.device)  # teacher t never sees view t
+    return cross[different_views].mean()
