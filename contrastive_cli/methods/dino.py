@@ -127,9 +127,10 @@ class DINO(Method):
 
     @torch.no_grad()
     def embeddings(self, x):
-        """The teacher's backbone features, its L2-normalised bottleneck and its output distribution P_t (at the
-        final temperature): one-hot and uniform collapses both make P_t the same for every image."""
+        """The teacher's backbone features and its L2-normalised bottleneck, whose fixed map by the last layer gives
+        the logits: both collapses of Sec. 5.3 make it the same for every image (one-hot: the dominant prototype's
+        direction; uniform: a direction equally close to all), which the monitor's spread sees. The distribution P_t
+        itself is read from forward's `teacher_entropy` and `kl`: its effective rank counts the prototypes in use,
+        a few dozen for ten classes, which the monitor's rank threshold would call dimensional collapse."""
         h = self.teacher_backbone(x)
-        z = self.teacher_head.bottleneck(h)
-        probs = self.teacher_probs(self.teacher_head.last_layer(z), self.teacher_temperature(1.0))
-        return {"backbone": h, "head": z, "probs": probs}
+        return {"backbone": h, "head": self.teacher_head.bottleneck(h)}
