@@ -111,9 +111,11 @@ class DINO(Method):
         loss = dino_loss(student, probs.unflatten(0, (2, n)), self.spec.student_temp)
         self.update_center(teacher)  # after the loss, which used the centre of earlier batches
         # Fig. 7's collapse readouts: the teacher's entropy (→ 0: one-hot, → log K: uniform) and KL(P_t ‖ P_s)
-        # = H(P_t, P_s) − H(P_t), which goes to 0 in both collapses (every teacher view meets as many students)
+        # = H(P_t, P_s) − H(P_t), which goes to 0 in both collapses (every teacher view meets as many students);
+        # the entropy of the batch's mean P_t tells one dimension taking every image (→ 0) from a clustering (high)
         entropy = torch.special.entr(probs).sum(-1).mean()
-        return {"loss": loss, "teacher_entropy": entropy, "kl": loss.detach() - entropy}
+        return {"loss": loss, "teacher_entropy": entropy, "kl": loss.detach() - entropy,
+                "teacher_marginal_entropy": torch.special.entr(probs.mean(0)).sum()}
 
     def before_optimizer_step(self, progress):
         s = self.spec
