@@ -209,3 +209,14 @@ def swapped_prediction(codes: list[torch.Tensor], scores: list[torch.Tensor], te
         others = [v for v in range(len(scores)) if v != s]
         loss = loss + sum(-(q * log_p[v]).sum(dim=1).mean() for v in others) / len(others)
     return loss / len(codes)
+
+
+def dino_loss(student: torch.Tensor, teacher_probs: torch.Tensor, student_temp: float) -> torch.Tensor:
+    """DINO's cross-entropy H(P_t, P_s) = −Σ_k P_t log P_s, averaged over the batch and over the (teacher view,
+    student view) pairs of different views. `student` [V, B, K]: head outputs of all V crops, the 2 global ones
+    first; `teacher_probs` [2, B, K]: the teacher's centred, sharpened softmax of the global crops, taken as
+    constants. P_s = softmax(student / student_temp)."""
+    log_p_student = F.log_softmax(student.float() / student_temp, dim=-1)
+    cross = -torch.einsum("tbk,vbk->tv", teacher_probs.detach().float(), log_p_student) / student.shape[1]
+    different_views = ~torch.eye(*cross.shape, dtype=torch.bool, device=cross.device)  # teacher t never sees view t
+    return cross[different_views].mean()
