@@ -185,6 +185,7 @@ def test_recipes_follow_the_official_code():
     assert (vit["augment"]["crop_scale"], vit["augment"]["local_crop_scale"], vit["augment"]["local_crops"]) == \
         ((0.4, 1.0), (0.05, 0.4), 8)
     assert vit["augment"]["blur_p"] == (1.0, 0.1) and vit["augment"]["solarize_p"] == (0.0, 0.2)
+    assert vit["method"]["head_bn"] is False
 
     def resolved(size, backbone):
         spec = PretrainSpec.model_validate({"method": {"name": "dino"}, "backbone": {"name": backbone},
@@ -195,9 +196,11 @@ def test_recipes_follow_the_official_code():
     assert (resnet.optim.optimizer, resnet.optim.lr, resnet.optim.weight_decay, resnet.optim.weight_decay_end) == \
         ("sgd", 0.03, 1e-4, 1e-4)
     assert (resnet.augment.crop_scale, resnet.augment.local_crop_scale) == ((0.14, 1.0), (0.05, 0.14))
-    assert resnet.augment.local_crop_size == 96 and resnet.augment.local_crops == 8
-    small = resolved(28, "small_cnn")
-    assert small.method.out_dim == 4096 and small.augment.local_crops == 6 and small.augment.local_crop_size == 14
+    assert resnet.augment.local_crop_size == 96 and resnet.augment.local_crops == 8 and not resnet.method.head_bn
+    small = resolved(28, "small_cnn")  # K and head BN from solo-learn's and lightly's CIFAR settings
+    assert small.method.out_dim == 4096 and small.method.head_bn
+    assert small.augment.local_crops == 6 and small.augment.local_crop_size == 14
+    assert (small.augment.crop_scale, small.augment.local_crop_scale) == ((0.4, 1.0), (0.05, 0.4))
 
 
 # ---- the collapses of Sec. 5.3 (Fig. 7) ---------------------------------------------------------------------------

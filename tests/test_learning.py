@@ -51,8 +51,9 @@ PER_METHOD = {"simsiam": {"optim__lr": 0.2},
               # DINO evaluates its EMA teacher, which must follow within the run's 390 steps: EMA 0.97 (the recipe's
               # 0.996 is for ~100k steps; with it the teacher lags, 72.9 while its student reaches 74.3) and SGD lr 0.1
               # (the recipe's 0.03: 73.7). The 2048-wide head with K = 4096 costs 3x the whole small-CNN step on CPU, so
-              # 512 and K = 1024, four 14 px local crops and 10 epochs keep the run near 80 s. Measured k=200: 74.8 vs
-              # random-init 70.4, pixels 71.1 (one seed; student 74.9); see docs/methods.md#dino-dino.
+              # 512 and K = 1024, four 14 px local crops and 10 epochs keep the run near 80 s. Measured k=200: 75.0 vs
+              # random-init 70.4, pixels 71.1 (one seed; 74.8 at one thread, its student 74.9); see
+              # docs/methods.md#dino-dino.
               "dino": {"method__momentum": 0.97, "optim__lr": 0.1, "method__proj_hidden_dim": 512,
                        "method__out_dim": 1024, "augment__local_crops": 4, "optim__epochs": 10}}
 # The transformer methods also learn with a ViT: a 2-block ViT-tiny with 7 px patches (a 4x4 grid at 28 px), 5000
