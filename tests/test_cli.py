@@ -84,7 +84,7 @@ def test_print_spec_shows_the_resolved_recipe(in_tmp):
 
 
 @pytest.mark.parametrize("args, needles", [
-    (["--method", "swav"], ["unknown method 'swav'", "simclr"]),
+    (["--method", "no-such-method"], ["unknown method 'no-such-method'", "simclr"]),
     (["--lr", "-1"], ["--lr", "greater than 0"]),
     (["--batch-size", "1"], ["--batch-size", "greater than or equal to 2"]),
     (["--method", "simclr", "--temperature", "0"], ["--temperature", "greater than 0"]),

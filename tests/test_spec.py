@@ -27,7 +27,7 @@ def test_defaults_are_valid_and_resolve_from_the_recipe():
 
 
 @pytest.mark.parametrize("values, needle", [
-    ({"--method": "swav"}, "method"),
+    ({"--method": "no-such-method"}, "method"),
     ({"--lr": -1.0}, "--lr"),
     ({"--batch-size": 1}, "--batch-size"),
     ({"--method": "simclr", "--temperature": 0.0}, "--temperature"),
