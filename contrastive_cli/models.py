@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple, Optional
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn

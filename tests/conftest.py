@@ -17,3 +17,11 @@ def in_tmp(tmp_path, monkeypatch):
     """Run in an empty folder so default run directories (runs/...) land in tmp."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def resolved_method(name: str, image_size: int, **method):
+    """A resolved small-CNN spec of method `name` (batch 8, 1000 images) with these method fields, for unit tests."""
+    from contrastive_cli.spec import PretrainSpec, resolve_pretrain
+    spec = PretrainSpec.model_validate({"method": {"name": name, **method}, "backbone": {"name": "small_cnn"},
+                                        "optim": {"batch_size": 8}})
+    return resolve_pretrain(spec, image_size, 1000)

@@ -12,7 +12,7 @@ from torch import nn
 from contrastive_cli.losses import barlow_twins, batch_standardize
 from contrastive_cli.methods.base import build_method
 from contrastive_cli.methods.fields import DataFacts
-from contrastive_cli.spec import PretrainSpec, resolve_pretrain
+from conftest import resolved_method
 
 LAMBDA = 0.0051
 FORKED_GLOO = pytest.mark.skipif(not torch.distributed.is_available() or "fork" not in mp.get_all_start_methods(),
@@ -89,9 +89,7 @@ def test_loss_stays_fp32_under_bf16_autocast():
 
 
 def resolved(image_size, **method):
-    spec = PretrainSpec.model_validate({"method": {"name": "barlowtwins", **method}, "backbone": {"name": "small_cnn"},
-                                        "optim": {"batch_size": 8}})
-    return resolve_pretrain(spec, image_size, 1000)
+    return resolved_method("barlowtwins", image_size, **method)
 
 
 def make(image_size, **method):

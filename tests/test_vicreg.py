@@ -13,7 +13,7 @@ from torch import nn
 from contrastive_cli.losses import vicreg, vicreg_covariance, vicreg_variance
 from contrastive_cli.methods.base import build_method
 from contrastive_cli.methods.fields import DataFacts
-from contrastive_cli.spec import PretrainSpec, resolve_pretrain
+from conftest import resolved_method
 
 WEIGHTS = (25.0, 25.0, 1.0)  # λ, μ, ν
 FORKED_GLOO = pytest.mark.skipif(not torch.distributed.is_available() or "fork" not in mp.get_all_start_methods(),
@@ -97,9 +97,7 @@ def test_loss_stays_fp32_under_bf16_autocast():
 
 
 def resolved(image_size, **method):
-    spec = PretrainSpec.model_validate({"method": {"name": "vicreg", **method}, "backbone": {"name": "small_cnn"},
-                                        "optim": {"batch_size": 8}})
-    return resolve_pretrain(spec, image_size, 1000)
+    return resolved_method("vicreg", image_size, **method)
 
 
 def make(image_size, **method):
