@@ -308,6 +308,10 @@ def print_inspection(result: dict, sparkline) -> None:
             ("cosine: positive / other pairs", lambda r: f"{r['positive_cosine']:.3f} / {r['negative_cosine']:.3f}")]
     if all("knn_agreement" in r for r in reps.values()):
         rows.append(("10-NN label agreement (chance)", lambda r: f"{r['knn_agreement']:.3f} ({r['knn_chance']:.3f})"))
+    if any("entropy_share" in r for r in reps.values()):  # a distribution (DINO's teacher): its two entropies
+        rows += [("entropy / log K (uniform: 1)", lambda r: f"{r['entropy_share']:.3f}" if "entropy_share" in r else ""),
+                 ("entropy of mean / log K (outputs)",
+                  lambda r: f"{r['marginal_share']:.3f} ({r['outputs_in_use']:.0f})" if "marginal_share" in r else "")]
     for label, cell in rows:
         table.add_row(label, *(cell(r) for r in reps.values()))
     colour = {"healthy": "green", "dimensional collapse": "yellow", "complete collapse": "red"}

@@ -104,37 +104,69 @@ def knn_agreement(z: torch.Tensor, labels: torch.Tensor, k: int = 10) -> tuple[f
     return agree / (len(zn) * k), (freq ** 2).sum().item()
 
 
-def cheap_stats(z: torch.Tensor) -> dict:
-    """The monitor's statistics: std of normalised embeddings (with its ratio to 1/√d), spread, effective rank."""
+def cheap_stats(z: torch.Tensor, distribution: bool = False) -> dict:
+    """The monitor's statistics: std of normalised embeddings (with its ratio to 1/√d), spread, effective rank, and
+    for a representation that is a probability distribution over its d outputs (DINO's teacher) its entropies."""
     n, d = z.shape
     std = std_of_normalized(z)
     rank = rankme(z)
-    return {"dim": d, "std": std, "std_ratio": std * math.sqrt(d), "spread": spread(z), "rank": rank,
-            "rank_max": min(n, d), "rank_share": rank / min(n, d)}
+    stats = {"dim": d, "std": std, "std_ratio": std * math.sqrt(d), "spread": spread(z), "rank": rank,
+             "rank_max": min(n, d), "rank_share": rank / min(n, d)}
+    return {**stats, **(entropy_stats(z) if distribution else {})}
 
 
-def judge(stats: dict, min_spread: float, min_rank_share: float) -> tuple[str, str]:
-    """(verdict, the numbers that led to it) for one representation's cheap_stats."""
+def entropy_stats(p: torch.Tensor) -> dict:
+    """Fig. 7 of DINO for N×K probability rows: the mean entropy of one image's distribution and the entropy of the
+    mean distribution, each as a share of log K (1: uniform), and exp of the latter, the outputs in use."""
+    log_k = math.log(p.shape[1])
+    marginal = torch.special.entr(p.double().mean(0)).sum().item()
+    return {"entropy_share": torch.special.entr(p.double()).sum(1).mean().item() / log_k,
+            "marginal_share": marginal / log_k, "outputs_in_use": math.exp(marginal)}
+
+
+def judge(stats: dict, thresholds) -> tuple[str, str]:
+    """(verdict, the numbers that led to it) for one representation's cheap_stats; `thresholds`: CollapseThresholds."""
+    if "entropy_share" in stats:
+        return judge_distribution(stats, thresholds)
     d = stats["dim"]
     spread_line = (f"spread {stats['spread']:.3f} (std of normalised embeddings {stats['std_ratio']:.2f} × the "
                    f"healthy 1/√{d})")
     rank_line = f"effective rank {stats['rank']:.1f} = {stats['rank_share']:.1%} of the {stats['rank_max']} possible"
-    if stats["spread"] < min_spread:
-        return COMPLETE, f"{spread_line}, below the {min_spread} threshold: the embeddings are nearly constant"
-    if stats["rank_share"] < min_rank_share:
-        return DIMENSIONAL, f"{rank_line}, below the {min_rank_share:.1%} threshold: the embeddings fill few directions"
+    if stats["spread"] < thresholds.min_spread:
+        return COMPLETE, (f"{spread_line}, below the {thresholds.min_spread} threshold: the embeddings are nearly "
+                          "constant")
+    if stats["rank_share"] < thresholds.min_rank_share:
+        return DIMENSIONAL, (f"{rank_line}, below the {thresholds.min_rank_share:.1%} threshold: the embeddings fill "
+                             "few directions")
     return HEALTHY, f"{spread_line}; {rank_line}"
+
+
+def judge_distribution(stats: dict, thresholds) -> tuple[str, str]:
+    """A distribution collapses in two ways (DINO Sec. 5.3): uniform for every image (its entropy → log K), or one-hot
+    on the same output for every image (the entropy of the mean distribution → 0). Its effective rank is no test: a
+    healthy teacher uses a few dozen of its K outputs for ten classes, which reads as dimensional collapse."""
+    k = stats["dim"]
+    entropy_line = f"mean entropy {stats['entropy_share']:.1%} of log {k}"
+    marginal_line = (f"entropy of the mean distribution {stats['marginal_share']:.1%} of log {k} "
+                     f"({stats['outputs_in_use']:.1f} outputs in use)")
+    if stats["entropy_share"] > thresholds.max_entropy_share:
+        return COMPLETE, (f"{entropy_line}, above the {thresholds.max_entropy_share:.0%} threshold: every image gets "
+                          "a nearly uniform distribution")
+    if stats["marginal_share"] < thresholds.min_marginal_share:
+        return COMPLETE, (f"{marginal_line}, below the {thresholds.min_marginal_share:.0%} threshold: nearly every "
+                          "image goes to the same few outputs")
+    return HEALTHY, f"{entropy_line}; {marginal_line}"
 
 
 def worst(verdicts) -> str:
     return max(verdicts, key=SEVERITY.__getitem__, default=HEALTHY)
 
 
-def full_stats(center: torch.Tensor, view1: torch.Tensor, view2: torch.Tensor, labels) -> dict:
+def full_stats(center: torch.Tensor, view1: torch.Tensor, view2: torch.Tensor, labels, distribution: bool) -> dict:
     """Every diagnostic for one representation: centre views for the spread, augmented pairs for the rest."""
     spectrum = covariance_spectrum(center)
     positive, negative = pair_cosines(view1, view2)
-    out = {**cheap_stats(center), "healthy_std": 1 / math.sqrt(center.shape[1]), "dims_99": dims_for_variance(spectrum),
+    out = {**cheap_stats(center, distribution), "healthy_std": 1 / math.sqrt(center.shape[1]), "dims_99": dims_for_variance(spectrum),
            "alignment": alignment(view1, view2), "uniformity": uniformity(torch.cat([view1, view2])),
            "positive_cosine": positive, "negative_cosine": negative, "spectrum": spectrum.tolist()}
     if labels is not None:
@@ -168,7 +200,7 @@ class CollapseMonitor:
         pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(spec.runtime.seed + 17))
         x, _, _ = next(data.batches(pick[:m.images].sort().values, m.images, workers=0))
         self.views = center_view(x.to(device), spec.data.image_size, data.mean, data.std)
-        self.thresholds = (m.min_spread, m.min_rank_share)
+        self.thresholds = m
         self.patience, self.streak = m.patience, 0
 
     @torch.no_grad()
@@ -176,24 +208,25 @@ class CollapseMonitor:
         method.eval()
         embeddings = method.embeddings(self.views)
         method.train()
-        stats = {name: cheap_stats(z) for name, z in embeddings.items()}
-        verdicts = {name: judge(st, *self.thresholds) for name, st in stats.items()}
+        stats = {name: cheap_stats(z, name in method.distributions) for name, z in embeddings.items()}
+        verdicts = {name: judge(st, self.thresholds) for name, st in stats.items()}
         verdict = worst(v for v, _ in verdicts.values())
         reason = "; ".join(f"{name}: {why}" for name, (v, why) in verdicts.items() if v == verdict)
         self.streak = self.streak + 1 if verdict != HEALTHY else 0
-        figures = {name: {k: round(st[k], 4) for k in ("spread", "std_ratio", "rank", "rank_share")}
+        figures = {name: {k: round(v, 4) for k, v in st.items() if k not in ("dim", "std", "rank_max")}
                    for name, st in stats.items()}
         return {"verdict": verdict, "reason": reason, "alarm": self.streak >= self.patience, **figures}
 
 
-def representations(path, device) -> tuple[Callable[[torch.Tensor], dict], dict]:
-    """A function from a batch to its named embeddings, and the checkpoint's metadata. A pretrain checkpoint gives
-    the method's own (Method.embeddings: the encoder's features and the embedding its loss saw, the one SimSiam's
-    and Jing et al.'s curves are drawn on); a transfer checkpoint its encoder's features."""
+def representations(path, device) -> tuple[Callable[[torch.Tensor], dict], dict, frozenset]:
+    """A function from a batch to its named embeddings, the checkpoint's metadata, and the names of those that are
+    probability distributions. A pretrain checkpoint gives the method's own (Method.embeddings: the encoder's
+    features and the embedding its loss saw, the one SimSiam's and Jing et al.'s curves are drawn on); a transfer
+    checkpoint its encoder's features."""
     meta = ckpt.read_meta(path, kinds=("pretrain", "transfer"))
     if meta["kind"] != "pretrain":
         backbone, meta = load_encoder(path, device)
-        return lambda x: {"backbone": backbone(x)}, meta
+        return lambda x: {"backbone": backbone(x)}, meta, frozenset()
     tensors, meta = ckpt.load(path, kinds=("pretrain",))
     try:
         spec = PretrainSpec.model_validate(meta["spec"])
@@ -206,7 +239,7 @@ def representations(path, device) -> tuple[Callable[[torch.Tensor], dict], dict]
     method = build_method(spec, data)
     ckpt.load_state(method, None, {k: v for k, v in tensors.items() if k.startswith(("backbone.", "method."))})
     method.eval().requires_grad_(False).to(device)
-    return method.embeddings, meta
+    return method.embeddings, meta, method.distributions
 
 
 def inspection_augment(meta: dict) -> AugmentSpec:
@@ -247,7 +280,7 @@ def inspect_collapse(spec) -> dict:
     """Every diagnostic for each representation, a verdict per representation and overall, and the report files."""
     device = pick_device(spec.runtime.device)
     path = ckpt.resolve_path(spec.checkpoint)
-    embed, meta = representations(path, device)
+    embed, meta, distributions = representations(path, device)
     data = open_inspected(spec, meta)
     embeddings = embed_views(embed, data, meta, device, spec.runtime.batch_size,
                              default_workers(spec.runtime.workers), spec.runtime.seed)
@@ -255,8 +288,8 @@ def inspect_collapse(spec) -> dict:
     result = {"checkpoint": str(path), "method": meta.get("method"), "backbone": meta["backbone"]["name"],
               "data": data.name, "images": len(data), "thresholds": th.model_dump(), "representations": {}}
     for name, (center, view1, view2) in embeddings.items():
-        stats = full_stats(center, view1, view2, data.labels)
-        stats["verdict"], stats["reason"] = judge(stats, th.min_spread, th.min_rank_share)
+        stats = full_stats(center, view1, view2, data.labels, name in distributions)
+        stats["verdict"], stats["reason"] = judge(stats, th)
         result["representations"][name] = stats
     result["verdict"] = worst(r["verdict"] for r in result["representations"].values())
     report = spec.report or path.with_name(path.name.removesuffix(".safetensors") + ".collapse.json")

@@ -222,6 +222,12 @@ class CollapseThresholds(Spec):
         "1: evenly spread)."))
     min_rank_share: float = Field(0.027, gt=0, le=1, description=(
         "Dimensional collapse below this effective rank (RankMe), as a fraction of min(images, d)."))
+    max_entropy_share: float = Field(0.95, gt=0, le=1, description=(
+        "Outputs that are probability distributions over K (DINO's teacher): complete collapse to uniform above "
+        "this mean entropy, as a fraction of log K."))
+    min_marginal_share: float = Field(0.25, ge=0, lt=1, description=(
+        "Outputs that are probability distributions over K: complete collapse to one-hot on the same outputs below "
+        "this entropy of the mean distribution, as a fraction of log K."))
 
 
 class MonitorSpec(CollapseThresholds):

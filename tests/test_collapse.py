@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from conftest import needs_fashion_mnist
 from contrastive_cli import collapse
 from contrastive_cli.cli import app
-from contrastive_cli.spec import PretrainSpec
+from contrastive_cli.spec import CollapseThresholds, PretrainSpec
 from contrastive_cli.train import TrainingStopped, prepare, train
 
 runner = CliRunner()
@@ -74,7 +74,7 @@ def test_knn_agreement_is_high_for_class_clusters_and_chance_for_noise():
     (lambda: gaussian(512, 128), collapse.HEALTHY),
 ])
 def test_verdicts(embeddings, verdict):
-    assert collapse.judge(collapse.cheap_stats(embeddings()), 0.02, 0.027)[0] == verdict
+    assert collapse.judge(collapse.cheap_stats(embeddings()), CollapseThresholds())[0] == verdict
 
 
 # ---- inspect-collapse on checkpoints whose encoders collapse by construction ---------------------------

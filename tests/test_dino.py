@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from contrastive_cli import checkpoint as ckpt
 from contrastive_cli.losses import dino_loss
 from contrastive_cli.methods.dino_spec import DINOSpec
-from contrastive_cli.spec import PretrainSpec, resolve_pretrain
+from contrastive_cli.collapse import inspect_collapse
+from contrastive_cli.spec import InspectSpec, PretrainSpec, resolve_pretrain
 from contrastive_cli.train import optimisation_step, prepare, train
 
 SMALL_HEAD = {"out_dim": 64, "proj_hidden_dim": 32, "bottleneck_dim": 16}
@@ -221,13 +222,26 @@ def test_without_centering_or_sharpening_the_teacher_output_collapses(tmp_path, 
         "method": {"name": "dino", "proj_hidden_dim": 256, "out_dim": 256, "momentum": 0.9, **ABLATIONS[ablation]},
         "backbone": {"name": "small_cnn"}, "data": {"source": "synthetic", "subset": 512},
         "augment": {"local_crops": 2}, "optim": {"epochs": 8, "batch_size": 64, "lr": 0.1},
-        "monitor": {"images": 0}, "runtime": {"out": str(tmp_path / "run")}}))
+        "monitor": {"images": 256}, "runtime": {"out": str(tmp_path / "run")}}))
     last = train(run)
     share, marginal, kl = (last["teacher_entropy"] / math.log(256), last["teacher_marginal_entropy"] / math.log(256),
                            last["kl"])
+    # the collapse monitor and inspect-collapse judge the teacher's distribution P_t by the same two entropies
+    monitored = last["collapse"]["teacher_probs"]
+    inspected = inspect_collapse(InspectSpec.model_validate({"checkpoint": str(run.checkpoint_path),
+                                                             "data": {"subset": 256}}))["representations"]
+    verdicts = (last["collapse"]["verdict"], inspected["teacher_probs"]["verdict"])
+    print(f"\n{ablation}: entropy {share:.3f} marginal {marginal:.3f} kl {kl:.3f}; monitor {monitored}; inspect "
+          f"{ {k: round(inspected['teacher_probs'][k], 3) for k in ('entropy_share', 'marginal_share', 'spread')} }")
     if ablation == "no-centering":
         assert share < 0.15 and marginal < 0.3, last  # one-hot, and the same dimension for the whole batch
+        assert monitored["marginal_share"] < 0.25 and last["collapse"]["alarm"], last["collapse"]
+        assert "same few outputs" in inspected["teacher_probs"]["reason"]
     elif ablation == "no-sharpening":
         assert share > 0.97 and kl < 0.15, last  # uniform
+        assert monitored["entropy_share"] > 0.95 and last["collapse"]["alarm"], last["collapse"]
+        assert "nearly uniform" in inspected["teacher_probs"]["reason"]
     else:
         assert 0.3 < share < 0.9 and marginal > 0.75 and kl > 0.4, last  # peaked, on different dimensions per image
+    expected = "healthy" if ablation == "recipe" else "complete collapse"
+    assert verdicts == (expected, expected), (last["collapse"], inspected)

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from contrastive_cli.losses import sinkhorn_codes, swapped_prediction
 from contrastive_cli.methods.base import encode_crops
 from contrastive_cli.methods.swav import ProjectionQueue
-from contrastive_cli.spec import PretrainSpec, SpecError
+from contrastive_cli.collapse import inspect_collapse
+from contrastive_cli.spec import InspectSpec, PretrainSpec, SpecError
 from contrastive_cli.train import optimisation_step, prepare, train
 
 
@@ -173,19 +174,25 @@ def test_queue_longer_than_the_dataset_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("equipartition", [True, False])
-def test_without_equal_partition_the_codes_collapse_and_the_monitor_says_so(tmp_path, equipartition):
+def test_without_equal_partition_the_codes_collapse_and_the_monitor_and_inspect_collapse_say_so(tmp_path, equipartition):
     """The paper's claim (and the SwAV README's analysis): without the equal-partition constraint every image goes to
     one prototype, a trivial solution the swapped prediction cannot tell from learning. 256 synthetic images, 3 epochs
     of 4 steps (measured: the ablation's loss falls to 0.05 with one prototype in use and the projections' spread to
     0.006, alarmed from epoch 2; the recipe keeps all 16 prototypes in use, spread 0.15, loss 5.1 -> 3.2)."""
     spec = tiny(tmp_path, epochs=3, equipartition=equipartition).model_dump()
     spec["data"]["subset"], spec["optim"]["batch_size"], spec["monitor"]["images"] = 256, 64, 128
-    stats = train(prepare(PretrainSpec.model_validate(spec)))
+    run = prepare(PretrainSpec.model_validate(spec))
+    stats = train(run)
     collapse = stats["collapse"]
+    inspected = inspect_collapse(InspectSpec.model_validate({"checkpoint": str(run.checkpoint_path),
+                                                             "data": {"subset": 128}}))
     if equipartition:
         assert collapse["verdict"] == "healthy" and not collapse["alarm"], collapse
         assert stats["prototypes_used"] > 0.8 * 16
+        assert inspected["representations"]["assignment"]["verdict"] == "healthy", inspected["representations"]
     else:
         assert collapse["verdict"] == "complete collapse" and collapse["alarm"], collapse
         assert collapse["projector"]["spread"] < 0.02 and collapse["assignment"]["spread"] < 0.02
         assert stats["prototypes_used"] < 1.5  # every image sent to one prototype
+        assert inspected["verdict"] == "complete collapse"
+        assert inspected["representations"]["assignment"]["verdict"] == "complete collapse"

@@ -34,6 +34,8 @@ from .fields import DataFacts
 
 class Method(nn.Module):
     name: ClassVar[str] = ""
+    # names of embeddings() outputs that are probability distributions: the collapse checks judge them by entropy
+    distributions: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, spec, encoder: nn.Module, feature_dim: int, data: DataFacts):
         """`spec`: the resolved PretrainSpec; `encoder`: built from encoder_info(spec, data), `feature_dim` wide;

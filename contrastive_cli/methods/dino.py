@@ -50,6 +50,7 @@ class DINOHead(nn.Module):
 
 class DINO(Method):
     name = "dino"
+    distributions = frozenset({"teacher_probs"})
 
     def __init__(self, spec, backbone, feature_dim, data):
         super().__init__(spec, backbone, feature_dim, data)
@@ -129,10 +130,10 @@ class DINO(Method):
 
     @torch.no_grad()
     def embeddings(self, x):
-        """The teacher's backbone features and its L2-normalised bottleneck, whose fixed map by the last layer gives
-        the logits: both collapses of Sec. 5.3 make it the same for every image (one-hot: the dominant prototype's
-        direction; uniform: a direction equally close to all), which the monitor's spread sees. The distribution P_t
-        itself is read from forward's `teacher_entropy` and `kl`: its effective rank counts the prototypes in use,
-        a few dozen for ten classes, which the monitor's rank threshold would call dimensional collapse."""
+        """The teacher's backbone features, its L2-normalised bottleneck, and its output distribution P_t at the
+        final teacher temperature, centred as in training: Sec. 5.3's two collapses are read off P_t's entropies
+        (uniform: each image's entropy → log K; one-hot: the mean distribution's → 0), see collapse.judge_distribution."""
         h = self.teacher_backbone(x)
-        return {"backbone": h, "head": self.teacher_head.bottleneck(h)}
+        z = self.teacher_head.bottleneck(h)
+        temperature = self.spec.teacher_temp if self.spec.sharpening else self.spec.student_temp
+        return {"backbone": h, "head": z, "teacher_probs": self.teacher_probs(self.teacher_head.last_layer(z), temperature)}
