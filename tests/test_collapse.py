@@ -168,7 +168,8 @@ def test_thresholds_are_overridable(make_checkpoint):
     _, strictest = inspect(path, "--min-spread", "1.0")
     assert lenient["verdict"] == collapse.HEALTHY and strict["verdict"] == collapse.DIMENSIONAL
     assert strictest["verdict"] == collapse.COMPLETE
-    assert strict["thresholds"] == {"min_spread": 1e-9, "min_rank_share": 0.99}
+    assert strict["thresholds"] == {"min_spread": 1e-9, "min_rank_share": 0.99, "max_entropy_share": 0.95,
+                                    "min_marginal_share": 0.25}
 
 
 def test_inspecting_a_missing_checkpoint_fails_cleanly(tmp_path):

@@ -167,14 +167,17 @@ def test_the_teacher_is_what_checkpoints_export(tmp_path):
     assert any(not torch.equal(exported[f"backbone.{k}"], v) for k, v in student.items() if v.is_floating_point())
 
 
-def test_embeddings_expose_the_teacher_backbone_and_bottleneck(tmp_path):
+def test_embeddings_expose_the_teacher_backbone_bottleneck_and_output_distribution(tmp_path):
     run = tiny_run(tmp_path)
     views, _ = batch_views(run)
     m = run.method.eval()
+    m.center.normal_()  # a centre that matters
     e = m.embeddings(views[0])
-    assert set(e) == {"backbone", "head"}
+    assert set(e) == {"backbone", "head", "teacher_probs"} and m.distributions == {"teacher_probs"}
     assert torch.allclose(e["backbone"], m.teacher_backbone(views[0]))
     assert e["head"].shape == (32, 16) and torch.allclose(e["head"].norm(dim=1), torch.ones(32), atol=1e-5)
+    logits = m.teacher_head(m.teacher_backbone(views[0]))  # P_t as the loss sees it, at the final temperature
+    assert torch.allclose(e["teacher_probs"], F.softmax((logits - m.center) / 0.04, dim=1), atol=1e-6)
 
 
 def test_recipes_follow_the_official_code():
