@@ -15,7 +15,8 @@ for method in ${METHODS:-simclr mocov2 byol simsiam swav dino mocov3 barlowtwins
     --benchmark "$steps" --json "$@" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
-print(f"| {r[\"method\"]} | {r[\"full_images_per_s\"]:.1f} | {r[\"model_only_images_per_s\"]:.1f} | {r[\"ratio\"]:.3f} "
-      f"| {100 * r[\"data_wait_share\"]:.1f}% | {100 * r[\"augment_share\"]:.1f}% | {r[\"peak_rss_mib\"]:.0f} "
-      f"| {r[\"load_average\"][0]:.1f}–{r[\"load_average\"][1]:.1f} |")'
+cells = [r["method"], "%.1f" % r["full_images_per_s"], "%.1f" % r["model_only_images_per_s"], "%.3f" % r["ratio"],
+         "%.1f%%" % (100 * r["data_wait_share"]), "%.1f%%" % (100 * r["augment_share"]), "%.0f" % r["peak_rss_mib"],
+         "%.1f–%.1f" % tuple(r["load_average"])]
+print("| " + " | ".join(cells) + " |")'
 done

@@ -3,7 +3,7 @@ written into docs/methods.md (between the ZOO markers) with a PNG bar chart.
 
     python examples/zoo_table.py                       # all methods, ~15-25 min on 2 CPU cores
     python examples/zoo_table.py --methods simclr byol --no-write
-    python examples/zoo_table.py --vit-methods mocov3 dino   # which methods also get a ViT row (default: mocov3)
+    python examples/zoo_table.py --vit-methods mocov3        # which methods also get a ViT row (default: the ViT tests')
 
 Budget (the learning tests' budget): small CNN, 10,000 training images, 15 epochs, batch 256, crops of 20-100%,
 each method's own recipe otherwise. Evaluation: weighted kNN (T 0.1, k 20 and 200) with 10,000 training images
@@ -12,8 +12,9 @@ as the bank and the whole test split (10,000) as queries; a linear probe on cach
 (CMC) cannot run on grayscale data and are listed without figures. Reference rows: raw pixels, and each method's
 encoder at random initialisation is not repeated (same architecture: one random-init small CNN row).
 
-ViT rows: the learning tests' ViT budget (tests/test_learning.py VIT_BUDGET: a 4-block ViT-tiny with 7 px patches),
-each method's ViT recipe, with a random-init row of the same ViT.
+ViT rows: the learning tests' ViT budget and settings (tests/test_learning.py VIT_BUDGET and VIT_PER_METHOD: a
+2-block ViT-tiny with 7 px patches, 5k images), each method's ViT recipe, each after a random-init row of its own ViT
+(the recipes differ in position embeddings: MoCo v3's are fixed sine-cosine, DINO's learned).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def merged(overrides: dict) -> dict:
 
 def run_method(name: str, out: Path, overrides: dict, family: str = "cnn") -> dict:
     spec = merged(overrides)
-    spec["method"] = {"name": name}
+    spec["method"] = {**spec.get("method", {}), "name": name}  # keeps the test's method settings (head widths, ...)
     spec["runtime"] = {"out": str(out)}
     shutil.rmtree(out, ignore_errors=True)
     run = prepare(PretrainSpec.model_validate(spec))
@@ -97,12 +98,15 @@ def pixel_row() -> dict:
     return {"method": "raw pixels", "knn20": r[20]["top1"], "knn200": r[200]["top1"]}
 
 
-def random_init_row(out: Path, overrides: dict | None = None, label: str = "random-init small CNN") -> dict:
-    """An encoder at random initialisation (the small CNN, or the ViT rows' ViT): a 0-epoch stand-in, evaluated like
-    the trained encoders."""
+def random_init_row(out: Path, overrides: dict | None = None, label: str = "random-init small CNN",
+                    method: str = "simclr") -> dict:
+    """An encoder at random initialisation (the small CNN, or a ViT row's ViT as `method`'s recipe builds it): a
+    0-epoch stand-in, evaluated like the trained encoders."""
     from contrastive_cli import checkpoint as ckpt
     shutil.rmtree(out, ignore_errors=True)
-    spec = {**merged(overrides or {}), "method": {"name": "simclr"}, "runtime": {"out": str(out)}}
+    spec = merged(overrides or {})
+    spec["method"] = {**(spec.get("method", {}) if method != "simclr" else {}), "name": method}
+    spec["runtime"] = {"out": str(out)}
     run = prepare(PretrainSpec.model_validate(spec))
     run.save()
     knn = knn_eval(KnnSpec(checkpoint=run.checkpoint_path, k=[20, 200], data={"subset": BANK}))
@@ -116,13 +120,15 @@ def random_init_row(out: Path, overrides: dict | None = None, label: str = "rand
 def markdown(rows: list[dict], skipped: list[str]) -> str:
     lines = [START, "", "| method | paper | kNN k=20 | kNN k=200 | linear probe (cached) | images/s | minutes | "
              "I ≥ (nats) |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    cnn_rows = [r for r in rows if "ViT" not in r["method"]]
+    for r in cnn_rows + [None] + [r for r in rows if "ViT" in r["method"]]:
+        if r is None:  # the methods without a row on grayscale data close the small-CNN part
+            lines += [f"| `{name}` | {SPECS[name].paper} | needs colour | – | – | – | – | – |" for name in skipped]
+            continue
         cells = [f"`{r['method']}`" if "paper" in r else r["method"], r.get("paper", "–")]
         cells += [f"{r[k]:.2f}" if r.get(k) is not None else "–" for k in ("knn20", "knn200", "probe")]
         cells += [str(r[k]) if r.get(k) is not None else "–" for k in ("images_per_s", "minutes", "mi_bound")]
         lines.append("| " + " | ".join(cells) + " |")
-    for name in skipped:
-        lines.append(f"| `{name}` | {SPECS[name].paper} | needs colour | – | – | – | – | – |")
     lines += ["", f"Measured with `python examples/zoo_table.py` on {time.strftime('%Y-%m-%d')}; "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads. ![zoo](zoo.png)", "", END]
     return "\n".join(lines)
@@ -149,7 +155,8 @@ def bar_chart(rows: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", nargs="*", default=list(SPECS))
-    ap.add_argument("--vit-methods", nargs="*", default=["mocov3"], help="methods that also get a ViT row")
+    ap.add_argument("--vit-methods", nargs="*", default=None, help="methods that also get a ViT row "
+                    "[default: those of the ViT learning tests]")
     ap.add_argument("--out", default="runs/zoo")
     ap.add_argument("--epochs", type=int, default=BUDGET["optim"]["epochs"], help="a smoke test of the script only")
     ap.add_argument("--no-write", action="store_true", help="print the table instead of writing docs/methods.md")
@@ -170,9 +177,10 @@ def main() -> None:
             saved.write_text(json.dumps(rows[-1]))
         print(json.dumps(rows[-1]), flush=True)
     vit = per_method_overrides("vit")
-    if args.vit_methods:
-        rows.append(random_init_row(Path(args.out) / "random-init-vit", vit[args.vit_methods[0]], "random-init ViT"))
-    for name in args.vit_methods:
+    import test_learning
+    for name in test_learning.VIT_METHODS if args.vit_methods is None else args.vit_methods:
+        rows.append(random_init_row(Path(args.out) / f"random-init-vit-{name}", vit[name],
+                                    f"random-init ViT ({name}'s)", name))
         saved = Path(args.out) / f"{name}-vit.json"
         if saved.exists() and name not in args.rerun:
             rows.append(json.loads(saved.read_text()))
