@@ -37,11 +37,19 @@ def versions() -> dict[str, str]:
 
 
 def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """Write tensors + metadata to `path` atomically (see atomic_write)."""
+    """Write tensors + metadata to `path` atomically (see atomic_write); a failed write is a UserError."""
+    path = Path(path)
     header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "versions": json.dumps(versions())}
     header.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    try:
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    except OSError as err:  # a full disk, a quota, an I/O error: the temp file is gone, the old checkpoint intact
+        needed = sum(v.numel() * v.element_size() for v in tensors.values()) / 2**20
+        intact = " The previous file there is intact." if path.exists() else ""
+        raise UserError(f"Could not write {path} ({err.strerror or err}); it needs about {needed:.1f} MiB.{intact}",
+                        "free disk space (or choose an output on another disk) and run again"
+                        + (", with --resume for a pretraining run" if path.name == CHECKPOINT_NAME else "")) from None
 
 
 def atomic_write(path: Path, write: Callable[[str], Any], mkdir: bool = True) -> Path:
@@ -79,6 +87,53 @@ def resolve_path(path: Path) -> Path:
         raise UserError(f"Checkpoint {path} does not exist",
                         "pass a .safetensors checkpoint written by `contrastive pretrain` or its run directory")
     return path
+
+
+def check_output(out: Path, flag: str, inputs: tuple[Path, ...], writes: str, force: bool = False,
+                 create_folders: bool = True) -> None:
+    """Before any work: the output `out` (given by `flag`) can be written (its missing folders created, if
+    `create_folders`), is none of the `inputs`, and replaces no checkpoint of a run unless `force`. A rerun of the
+    same command may replace its own earlier output (the same kind `writes`, recorded from the same input)."""
+    out = Path(out)
+    for source in inputs:
+        if out.resolve() == Path(source).resolve() or (out.exists() and os.path.samefile(out, source)):
+            raise UserError(f"{flag} {out} is the checkpoint this command reads; writing there would destroy it",
+                            f"choose another {flag} (the default, without {flag}, is a new file next to it)")
+    existing = checkpoint_kind(out)
+    if existing and not force:
+        meta = read_meta(out, kinds=(existing,))
+        recorded = meta.get("source_checkpoint") or (meta.get("source") or {}).get("path")
+        rerun = existing == writes and recorded and any(Path(recorded).resolve() == Path(s).resolve() for s in inputs)
+        if not rerun:
+            raise UserError(f"{flag} {out} is the {existing} checkpoint of another run, which this would overwrite",
+                            f"choose another {flag}, or pass --force to replace it")
+    if out.is_dir():
+        raise UserError(f"The output {out} is a folder", f"give {flag} a file name inside it, e.g. {flag} "
+                        f"{out / 'output.safetensors'}")
+    folder = out.parent
+    if not folder.exists() and not create_folders:
+        raise UserError(f"The folder {folder} for the output {out.name} does not exist",
+                        f"create it first (mkdir -p {folder}) or choose another {flag}")
+    while not folder.exists():  # the folders that the write will create: the first existing one must take them
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder, so {out} cannot be written", f"choose another {flag}")
+    if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UserError(f"The folder {folder} is not writable, so {out.name} cannot be written there",
+                        f"pass {flag} with a path in a folder you can write to")
+
+
+def checkpoint_kind(path: Path) -> Optional[str]:
+    """The kind of the contrastive checkpoint at `path` (pretrain, transfer, linear-probe), or None for anything
+    else (no file, another format)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
+    return raw.get("kind") if raw.get("format") == FORMAT else None
 
 
 def read_meta(path: Path, kinds: tuple[str, ...] = ("pretrain",)) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import UserError
-from .flags import load_config, merge, spec_command
+from .flags import collect, load_config, merge, spec_command
 from .spec import ExportSpec, InspectSpec, KnnSpec, LinearProbeSpec, PretrainSpec, TransferSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -41,7 +41,9 @@ def main(version: Optional[bool] = typer.Option(None, "--version", callback=vers
 
 
 def user_errors(fn):
-    """Turn UserError into one readable paragraph on stderr and a non-zero exit, never a traceback."""
+    """Turn UserError into one readable paragraph on stderr and a non-zero exit, never a traceback. Anything else is a
+    bug or an environment failure: one paragraph too, with the traceback in a crash log (CONTRASTIVE_DEBUG=1 raises
+    it instead)."""
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -53,7 +55,49 @@ def user_errors(fn):
             # escaped: messages quote user paths and commands such as pip install 'contrastive[onnx]', not markup
             errors.print(Panel(escape(str(err)), title=title, border_style=style, title_align="left"))
             raise typer.Exit(code) from None
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
+            errors.print(Panel("Aborted by Ctrl-C. Checkpoints are written atomically: the last one written is "
+                               "intact, and `contrastive pretrain --resume RUN_DIR` continues from it.",
+                               title="Stopped", border_style="yellow", title_align="left"))
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as err:  # noqa: BLE001 - the safety net: never a bare traceback
+            if os.environ.get("CONTRASTIVE_DEBUG"):
+                raise
+            log = crash_log(err)
+            errors.print(Panel(escape(
+                f"contrastive {COMMANDS.get(fn.__name__, fn.__name__)} failed unexpectedly: "
+                f"{type(err).__name__}: {err}. This is not a problem with your input that we recognise; the full "
+                f"traceback is in {log}. Checkpoints are written atomically, so the last one written is intact. "
+                "Run again with CONTRASTIVE_DEBUG=1 to see the traceback here, and please report it with the log."),
+                title="Internal error", border_style="red", title_align="left"))
+            raise typer.Exit(EXIT_INTERNAL) from None
     return wrapper
+
+
+COMMANDS = {"run_pretrain": "pretrain", "run_knn": "knn-eval", "run_probe": "linear-probe", "run_transfer": "transfer",
+            "run_inspect": "inspect-collapse", "run_export": "export"}
+EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE: not a user error (2), not a collapse (4), not an interrupt (130)
+
+
+def crash_log(err: BaseException) -> Path:
+    """The traceback, the command line and the versions, in a new file in the temp folder."""
+    import platform
+    import sys
+    import tempfile
+    import traceback
+    text = (f"command: {' '.join(sys.argv)}\ncontrastive {__version__} · python {platform.python_version()} · "
+            f"{platform.platform()}\n\n" + "".join(traceback.format_exception(err)))
+    try:
+        import torch
+        text = f"torch {torch.__version__}\n" + text
+    except ImportError:
+        pass
+    fd, path = tempfile.mkstemp(prefix="contrastive-crash-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return Path(path)
 
 
 CONFIG = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
@@ -115,20 +159,24 @@ class TrainProgress:
                                 border_style="yellow", title_align="left"))
 
 
-RESUMABLE = {("runtime", "device"), ("runtime", "workers"), ("runtime", "amp")}
-
-
 @user_errors
 def run_pretrain(given, config=None, print_spec=False, resume=None, as_json=False):
-    from .train import prepare, train
+    from .train import RESUMABLE, prepare, train
     spec = merge(PretrainSpec, load_config(config), given)
     if resume is not None:
-        not_runtime = [f.flag for f in given if f.path not in RESUMABLE]
-        if not_runtime or config is not None:
+        def resumable(path):
+            return len(path) == 2 and path[1] in RESUMABLE.get(path[0], ())
+        fixed = [f.flag for f in given if not resumable(f.path)]
+        if fixed or config is not None:
+            allowed = ", ".join(f.flag for f in collect(PretrainSpec) if resumable(f.path))
             raise UserError(f"--resume continues a run with the spec it was started with, so "
-                            f"{', '.join(not_runtime) or '--config'} cannot be changed",
-                            "drop those flags (only --device, --workers and --amp may change on resume)")
+                            f"{', '.join(fixed) or '--config'} cannot be changed",
+                            f"drop those flags; on resume only {allowed} may change")
     run = prepare(spec, resume)
+    if resume is not None and run.step >= run.total_steps:
+        console.print(f"The run in {run.dir} is complete ({run.spec.optim.epochs} epochs, step {run.step}); "
+                      f"pass --epochs with more to extend it.")
+        return
     if print_spec:
         console.print_json(data=run.spec.model_dump(mode="json"))
         return

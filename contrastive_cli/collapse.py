@@ -280,6 +280,9 @@ def inspect_collapse(spec) -> dict:
     """Every diagnostic for each representation, a verdict per representation and overall, and the report files."""
     device = pick_device(spec.runtime.device)
     path = ckpt.resolve_path(spec.checkpoint)
+    report = spec.report or path.with_name(path.name.removesuffix(".safetensors") + ".collapse.json")
+    ckpt.check_output(report, "--report", (path,), "report", spec.force)
+    ckpt.check_output(report.with_suffix(".png"), "--report", (path,), "report", spec.force)
     embed, meta, distributions = representations(path, device)
     data = open_inspected(spec, meta)
     embeddings = embed_views(embed, data, meta, device, spec.runtime.batch_size,
@@ -292,7 +295,6 @@ def inspect_collapse(spec) -> dict:
         stats["verdict"], stats["reason"] = judge(stats, th)
         result["representations"][name] = stats
     result["verdict"] = worst(r["verdict"] for r in result["representations"].values())
-    report = spec.report or path.with_name(path.name.removesuffix(".safetensors") + ".collapse.json")
     result["report"], result["plot"] = str(report), str(report.with_suffix(".png"))
     try:
         report.parent.mkdir(parents=True, exist_ok=True)

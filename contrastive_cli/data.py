@@ -142,6 +142,24 @@ class _ChunkDecoder(torch.utils.data.Dataset):
         return torch.stack(images) if images else empty, torch.tensor(kept, dtype=torch.long), failures
 
 
+def eight_bit(img):
+    """High-bit-depth grayscale (16-bit PNG, 32-bit integer or float TIFF) as 8-bit 'L', by its range: PIL's own
+    conversion clips 16-bit values at 255 (nearly all white) and truncates floats in [0, 1] to 0 (all black)."""
+    from PIL import Image
+
+    if img.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return img
+    pixels = np.asarray(img, dtype=np.float64)
+    top = float(np.nanmax(pixels)) if pixels.size else 0.0
+    if img.mode.startswith("I;16"):
+        full = 65535.0
+    elif img.mode == "F" and top <= 1.0:
+        full = 1.0  # float images in [0, 1]
+    else:  # 32-bit integers or floats: 8- or 16-bit ranges as such, anything wider by its maximum
+        full = 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
+    return Image.fromarray(np.clip(np.nan_to_num(pixels) / full * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+
+
 def decode_image(path: str, size: int, channels: int) -> torch.Tensor:
     """uint8 [C, size, size]: shorter side resized to `size`, centre-cropped, C = 1 (gray) or 3 (RGB)."""
     from PIL import Image
@@ -149,7 +167,7 @@ def decode_image(path: str, size: int, channels: int) -> torch.Tensor:
     mode = "RGB" if channels == 3 else "L"
     with Image.open(path) as img:
         img.draft(mode, (size, size))  # JPEGs decode at 1/2..1/8 scale when still >= size: much faster
-        img = img.convert(mode)
+        img = eight_bit(img).convert(mode)
         width, height = img.size
         side = min(width, height)
         box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)

@@ -85,7 +85,9 @@ def weighted_knn(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
                  ks: list[int], temperature: float, num_classes: int, chunk: int = 1024) -> dict[int, dict]:
     """InstDisc's weighted kNN: cosine similarity, top-k neighbours vote for their class with weight exp(s/T).
 
-    Returns {k: {"top1": %, "top5": %}}; top-5 ranks classes by the same summed votes.
+    Returns {k: {"top1": %, "top5": %}}; top-5 ranks classes by the same summed votes. The weights are taken as
+    exp((s − s_max)/T), the same ranking for any T > 0 (one common factor per query) without overflow: exp(1/T)
+    is inf in float32 below T ≈ 0.0113, where every class would tie at inf and the vote fall to chance.
     """
     bank, queries = F.normalize(bank, dim=1), F.normalize(queries, dim=1)
     kmax = min(max(ks), len(bank))
@@ -97,7 +99,7 @@ def weighted_knn(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
         for k in ks:
             k_ = min(k, kmax)
             votes = torch.zeros(len(q), num_classes).scatter_add_(1, neighbour_labels[:, :k_],
-                                                                  (sim[:, :k_] / temperature).exp())
+                                                                  ((sim[:, :k_] - sim[:, :1]) / temperature).exp())
             ranked = votes.topk(min(5, num_classes), dim=1).indices
             hits[k][0] += (ranked[:, 0] == y).sum()
             hits[k][1] += (ranked == y[:, None]).any(dim=1).sum()
@@ -140,6 +142,8 @@ def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
     """Linear classifier on frozen features (MoCo: SGD momentum 0.9, lr 30, wd 0, x0.1 at 60%/80% of epochs)."""
     device = pick_device(spec.runtime.device)
     backbone, meta = load_encoder(spec.checkpoint, device)
+    out = spec.out or Path(meta["path"]).with_name(Path(meta["path"]).stem + ".probe.safetensors")
+    ckpt.check_output(out, "--out", (Path(meta["path"]),), "linear-probe", spec.force)  # before the work, not after
     train_set = open_labeled(spec.data, meta, "train", spec.runtime.seed)
     test_set = open_labeled(spec.data, meta, "test", spec.runtime.seed)
     classes, workers, o, seed = num_classes(train_set, test_set), default_workers(spec.runtime.workers), spec.optim, spec.runtime.seed
@@ -181,7 +185,6 @@ def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
               "test_images": len(test_set), "epochs": o.epochs, "lr": o.lr, "cached": spec.cached,
               "final_loss": loss.item(), "seconds": round(time.perf_counter() - t0, 2),
               "skipped_files": len(train_set.skipped) + len(test_set.skipped), **test_acc}
-    out = spec.out or Path(meta["path"]).with_name(Path(meta["path"]).stem + ".probe.safetensors")
     ckpt.save(out, {"probe.weight": classifier.weight, "probe.bias": classifier.bias},
               {"kind": "linear-probe", "spec": spec.model_dump(mode="json"), "results": result,
                "source_checkpoint": meta["path"], "classes": train_set.classes or list(range(classes)),

@@ -42,7 +42,7 @@ def export(spec: ExportSpec) -> dict:
     source = ckpt.resolve_path(spec.checkpoint)
     default = default_out(source, spec)
     out = spec.out or default
-    check_writable(out, default.name)
+    ckpt.check_output(out, "--out", (source,), "export", spec.force, create_folders=False)
     if spec.format == "onnx":
         require_onnx()
     device = pick_device(spec.runtime.device) if spec.embeddings else torch.device("cpu")
@@ -66,21 +66,6 @@ def default_out(source: Path, spec: ExportSpec) -> Path:
     stem = source.name.removesuffix(".safetensors")
     suffix = f".embeddings.{spec.data.split}.{spec.format}" if spec.embeddings else SUFFIXES[spec.format]
     return source.with_name(stem + suffix)
-
-
-def check_writable(out: Path, name: str) -> None:
-    """Fail before any work when `out` cannot be written (the write itself is checked again)."""
-    folder = out.parent
-    if out.is_dir():
-        raise UserError(f"The output {out} is a folder", f"give --out a file name, e.g. --out {out / name}")
-    if not folder.exists():
-        raise UserError(f"The folder {folder} for the output {out.name} does not exist",
-                        f"create it first (mkdir -p {folder}) or choose another --out")
-    if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder, so {out} cannot be written", "choose another --out")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"The folder {folder} is not writable, so {out.name} cannot be written there",
-                        "pass --out with a path in a folder you can write to")
 
 
 def write(out: Path, writer: Callable[[str], object]) -> None:

@@ -177,7 +177,13 @@ def load_config(path: Optional[Path]) -> dict:
         return {}
     if not path.exists():
         raise UserError(f"The config file {path} does not exist", "pass an existing YAML or JSON file to --config")
-    text = path.read_text()
+    if not path.is_file():
+        raise UserError(f"--config {path} is a folder, not a file", "pass a YAML or JSON file to --config")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"The config file {path} could not be read ({getattr(err, 'strerror', None) or err})",
+                        "pass a readable YAML or JSON text file to --config") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
@@ -187,6 +193,8 @@ def load_config(path: Optional[Path]) -> dict:
     except Exception as err:  # noqa: BLE001 - any parse error is the user's file
         raise UserError(f"The config file {path} could not be parsed ({err})",
                         "fix its syntax (YAML for .yaml/.yml, JSON otherwise)") from None
+    if data is None:  # an empty file (or only comments): nothing to set
+        return {}
     if not isinstance(data, dict):
         raise UserError(f"The config file {path} does not hold a mapping of spec sections",
                         "write it as e.g. `method: {name: simclr}` / `optim: {lr: 0.3}`")
@@ -204,6 +212,9 @@ def merge(model: type[Spec], config: dict, given: dict[Flag, Any]) -> Spec:
             data["method"] = {}  # switching method: the config's method fields were for another method
     chosen = (data.get("method") or {}).get("name") if isinstance(data.get("method"), dict) else None
     chosen = given.get(method_flag, chosen) or "mocov2"
+    if "method" in model.model_fields and chosen not in METHOD_SPECS:  # the unknown method first, not its flags
+        raise SpecError([f"method.name (--method): unknown method {chosen!r}; choose one of "
+                         f"{', '.join(METHOD_SPECS)}"])
     for f, value in given.items():
         if f.methods and chosen not in f.methods:
             problems.append(f"{f.flag} does not apply to method {chosen} (it is used by {', '.join(f.methods)})")

@@ -19,7 +19,16 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name} was asked for but CUDA is not available on this machine",
                         "use --device cpu or --device auto")
-    return torch.device(name)
+    if name.startswith("mps") and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name} was asked for but Apple's MPS is not available on this machine",
+                        "use --device cpu or --device auto")
+    try:
+        device = torch.device(name)
+        torch.empty(1, device=device)  # a device this torch build knows but cannot use fails here, not mid-run
+    except RuntimeError as err:
+        raise UserError(f"--device {name} cannot be used here ({str(err).splitlines()[0]})",
+                        "use --device cpu, cuda or auto") from None
+    return device
 
 
 def default_workers(workers: Optional[int]) -> int:

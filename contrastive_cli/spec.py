@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import SpecError
 from .methods import SPECS
-from .methods.fields import DataFacts
+from .methods.fields import DataFacts, StrictModel
 
 DATASET_NAMES = ("synthetic", "synthetic-colour", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "svhn")
 SMALL_IMAGE = 64  # views below this side get the small-image adaptations (CIFAR-style recipes)
@@ -25,8 +25,8 @@ def flag(name: str) -> dict:
     return {"flag": name}
 
 
-class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Spec(StrictModel):
+    """A spec section: unknown keys, non-finite numbers and yes/no values for numbers are refused (StrictModel)."""
 
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -194,7 +194,8 @@ class OptimSpec(Spec):
 
 class RuntimeSpec(Spec):
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N' or 'mps'.")
-    seed: int = Field(0, ge=0, description="Seed for initialisation, data order and augmentation.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description=(
+        "Seed for initialisation, data order and augmentation (0 to 2^32 - 1, as NumPy's)."))
     workers: Optional[int] = Field(None, ge=0, description=(
         "Data-loader worker processes for folder datasets [default: min(4, CPU cores)]."))
     amp: Optional[bool] = Field(None, description="Mixed precision (bf16) on CUDA [default: on for CUDA; no effect on CPU].")
@@ -316,6 +317,8 @@ class InspectSpec(Spec):
     report: Optional[Path] = Field(None, description=(
         "Where to write the JSON report; the spectrum plot goes next to it as .png "
         "[default: <checkpoint>.collapse.json]."))
+    force: bool = Field(False, description=(
+        "Replace an output that is another run's checkpoint (never the input checkpoint itself)."))
     runtime: EvalRuntimeSpec = Field(default_factory=EvalRuntimeSpec)
 
 
@@ -343,7 +346,16 @@ class LinearProbeSpec(Spec):
         "Fast path: compute features of the centre view once and train the classifier on them "
         "(no augmentation)."))
     out: Optional[Path] = Field(None, description="Where to write the probe [default: next to the checkpoint].")
+    force: bool = Field(False, description=(
+        "Replace an output that is another run's checkpoint (never the input checkpoint itself)."))
     runtime: EvalRuntimeSpec = Field(default_factory=EvalRuntimeSpec)
+
+    @model_validator(mode="after")
+    def _crop_range(self) -> "LinearProbeSpec":
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1 (got {lo} {hi})")
+        return self
 
 
 class ExportDataSpec(DataSpec):
@@ -376,6 +388,8 @@ class ExportSpec(Spec):
         "Output file [default: next to the checkpoint: <stem>.backbone.safetensors, <stem>.torchscript.pt, "
         "<stem>.onnx, or <stem>.embeddings.<split>.safetensors / .csv]."))
     data: ExportDataSpec = Field(default_factory=ExportDataSpec)
+    force: bool = Field(False, description=(
+        "Replace an output that is another run's checkpoint (never the input checkpoint itself)."))
     runtime: EvalRuntimeSpec = Field(default_factory=EvalRuntimeSpec)
 
     @model_validator(mode="after")
@@ -442,6 +456,8 @@ class TransferSpec(Spec):
         "Where to write the fine-tuned model [default: next to the checkpoint, "
         "<name>.transfer-<target>.safetensors]."))
     optim: TransferOptimSpec = Field(default_factory=TransferOptimSpec)
+    force: bool = Field(False, description=(
+        "Replace an output that is another run's checkpoint (never the input checkpoint itself)."))
     runtime: EvalRuntimeSpec = Field(default_factory=EvalRuntimeSpec)
 
     @model_validator(mode="after")
@@ -543,6 +559,9 @@ def generic_problems(s: PretrainSpec, n_images: int) -> list[str]:
             problems.append("backbone.stem (--stem): the stem is a ResNet option; a ViT's input layer is set by "
                             "--patch-size")
     else:
+        if b.name == "small_cnn" and b.stem != "imagenet":
+            problems.append("backbone.stem (--stem): the stem is a ResNet option; the small CNN has one input layer "
+                            "for every image size; drop --stem or choose a resnet* backbone")
         for field in ("patch_size", "pos_embed", "depth"):
             if getattr(b, field) is not None:
                 problems.append(f"backbone.{field} (--{field.replace('_', '-')}): a ViT option, but the backbone is "

@@ -8,6 +8,7 @@ resume by construction: the data order of an epoch is drawn from (seed, epoch) a
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from contextlib import contextmanager
@@ -16,6 +17,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+
+try:
+    import fcntl  # POSIX; elsewhere runs are not locked
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 from . import checkpoint as ckpt
 from .checkpoint import load_state, state_tensors
@@ -41,6 +47,7 @@ class Run:
     device: torch.device
     step: int = 0
     last_metrics: dict = field(default_factory=dict)
+    resumed: bool = False
 
     @property
     def steps_per_epoch(self) -> int:
@@ -66,7 +73,15 @@ class Run:
             "complete": self.step >= self.total_steps, "metrics": self.last_metrics,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        return ckpt.save(self.checkpoint_path, state_tensors(self.method, self.optimizer), meta)
+        tensors = state_tensors(self.method, self.optimizer)
+        broken = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if broken:  # a finite loss can come from a state that is already broken (BN statistics, optimiser moments)
+            raise TrainingStopped(
+                f"The training state at step {self.step} holds non-finite values ({', '.join(broken[:3])}"
+                f"{', …' if len(broken) > 3 else ''}), so it was not saved", "lower --lr or check the data; the last "
+                "good checkpoint is kept" + (f" at {self.checkpoint_path}" if self.checkpoint_path.exists() else ""),
+                exit_code=3)
+        return ckpt.save(self.checkpoint_path, tensors, meta)
 
 
 class TrainingStopped(UserError):
@@ -77,26 +92,38 @@ class TrainingStopped(UserError):
         self.exit_code = exit_code
 
 
+SIGNALS = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
+
+
 @contextmanager
 def interrupt_flag():
-    """First Ctrl-C sets a flag checked between steps (so the checkpoint is consistent); a second one aborts."""
-    flag = {"set": False}
-    previous = signal.getsignal(signal.SIGINT)
+    """The first Ctrl-C or SIGTERM (what schedulers and `kill` send) sets a flag checked between steps, so the run
+    saves a consistent checkpoint and exits; a second one aborts at once (the last checkpoint stays intact)."""
+    flag = {"set": False, "by": ""}
+    previous = {}
 
     def handler(signum, frame):
         if flag["set"]:
             raise KeyboardInterrupt
-        flag["set"] = True
+        flag["set"], flag["by"] = True, SIGNALS[signum]
 
     try:
-        signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
-        previous = None
+        for signum in SIGNALS:
+            previous[signum] = signal.signal(signum, handler)
+    except ValueError:  # not the main thread: no handler, signals behave as usual
+        pass
     try:
         yield flag
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+# what may change when a run is resumed (given as flags): where and how it runs, and the lr and length of the run,
+# e.g. a lower --lr after a divergence, or more --epochs to extend a finished run (its schedule then stretches to
+# the new length); the rest is the run's identity and stays as it was started
+RESUMABLE = {"runtime": ("device", "workers", "amp", "checkpoint_every"), "optim": ("lr", "epochs"),
+             "monitor": ("patience", "stop_on_collapse")}
 
 
 def prepare(spec: PretrainSpec, resume: Optional[Path] = None, reporter=None) -> Run:
@@ -104,9 +131,16 @@ def prepare(spec: PretrainSpec, resume: Optional[Path] = None, reporter=None) ->
     tensors = None
     if resume is not None:
         tensors, meta = ckpt.load(resume)
+        if Path(meta["path"]).name != ckpt.CHECKPOINT_NAME:  # a resumed run writes <its folder>/checkpoint.safetensors
+            folder = Path(meta["path"]).parent
+            raise UserError(f"{meta['path']} is not a run's {ckpt.CHECKPOINT_NAME}, so resuming it would write into "
+                            f"{folder}{' and overwrite the run there' if (folder / ckpt.CHECKPOINT_NAME).exists() else ''}",
+                            f"copy it into a new folder as {ckpt.CHECKPOINT_NAME} (mkdir NEW && cp {meta['path']} "
+                            f"NEW/{ckpt.CHECKPOINT_NAME}) and resume that: --resume NEW")
         saved = PretrainSpec.model_validate(meta["spec"])
-        spec = saved.model_copy(update={"runtime": saved.runtime.model_copy(update={
-            k: getattr(spec.runtime, k) for k in ("device", "workers", "amp") if spec.runtime.model_fields_set & {k}})})
+        spec = saved.model_copy(update={section: getattr(saved, section).model_copy(update={
+            k: getattr(getattr(spec, section), k) for k in fields if k in getattr(spec, section).model_fields_set})
+            for section, fields in RESUMABLE.items()})
         run_dir = Path(meta["path"]).parent
     d = spec.data
     image_size = d.image_size or native_size(d.source, d.root)
@@ -126,7 +160,11 @@ def prepare(spec: PretrainSpec, resume: Optional[Path] = None, reporter=None) ->
     run = Run(spec, run_dir, data, method, optimizer, device)
     if tensors is not None:
         load_state(method, optimizer, {k: v.to(device) if not k.startswith("rng.") else v for k, v in tensors.items()})
-        run.step = int(meta["step"])
+        run.step, run.resumed = int(meta["step"]), True
+        if run.step > run.total_steps:
+            raise UserError(f"The run in {run_dir} has done {run.step} steps ({run.step / run.steps_per_epoch:g} "
+                            f"epochs), more than --epochs {spec.optim.epochs} gives",
+                            f"pass --epochs {-(-run.step // run.steps_per_epoch)} or more to extend it")
         run.last_metrics = meta.get("metrics", {})
     return run
 
@@ -148,8 +186,13 @@ def new_run_dir(spec: PretrainSpec) -> Path:
 
 
 def write_spec(run: Run) -> None:
-    run.dir.mkdir(parents=True, exist_ok=True)
-    (run.dir / "spec.json").write_text(json.dumps(run.spec.model_dump(mode="json"), indent=2) + "\n")
+    """spec.json, written atomically (a full disk leaves the old file or none, never an empty one)."""
+    text = json.dumps(run.spec.model_dump(mode="json"), indent=2) + "\n"
+    try:
+        ckpt.atomic_write(run.dir / "spec.json", lambda tmp: Path(tmp).write_text(text))
+    except OSError as err:
+        raise UserError(f"Could not write {run.dir / 'spec.json'} ({err.strerror or err})",
+                        "free disk space or choose another --out, and run again") from None
 
 
 class Stopwatch:
@@ -199,10 +242,62 @@ def optimisation_step(run: Run, views: list[torch.Tensor], indices: torch.Tensor
     return out
 
 
+def trim_metrics(path: Path, step: int, steps_per_epoch: int) -> None:
+    """Before a resumed run appends: keep the records up to the checkpoint's step, so that each step is logged
+    once; the steps run after it by the interrupted process, and a line torn by a kill, are dropped."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done = record["epoch"] * steps_per_epoch if record.get("type") == "epoch" else record.get("step", 0)
+        if done <= step:
+            kept.append(line + "\n")
+    ckpt.atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)), mkdir=False)
+
+
+@contextmanager
+def run_lock(run: Run):
+    """One process at a time writes a run directory: an exclusive flock on <run>/.lock, which the OS releases when
+    the process ends however it ends, so a killed run leaves no stale lock. A new run also finds the folder still
+    free of checkpoints once it holds the lock (another run may have finished there since `prepare`)."""
+    run.dir.mkdir(parents=True, exist_ok=True)
+    lock = (run.dir / ".lock").open("a+")
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                raise UserError(f"Another contrastive process ({lock.read().strip() or 'pid unknown'}) is training "
+                                f"in {run.dir} right now", "wait for it to end, or give this run another --out") from None
+        if not run.resumed and run.step == 0 and run.checkpoint_path.exists():
+            raise UserError(f"The run directory {run.dir} already holds a run",
+                            f"continue it with --resume {run.dir}, or choose another --out")
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}\n")
+        lock.flush()
+        for stale in run.dir.glob(".*.tmp"):  # atomic writes a killed process left half done; nobody else writes here
+            stale.unlink(missing_ok=True)
+        yield
+    finally:
+        lock.close()  # releases the flock
+
+
 def train(run: Run, progress=None, on_step: Optional[Callable[[Run, dict], None]] = None,
           on_epoch: Optional[Callable[[Run, dict], None]] = None) -> dict:
-    """Train from run.step to the end; returns the last epoch's metrics. Raises TrainingStopped on Ctrl-C, NaN or,
-    with --stop-on-collapse, a collapse seen by the monitor."""
+    """Train from run.step to the end; returns the last epoch's metrics. Raises TrainingStopped on Ctrl-C, SIGTERM,
+    NaN or, with --stop-on-collapse, a collapse seen by the monitor; UserError when another process trains in the
+    same run directory."""
+    with run_lock(run):
+        return training_loop(run, progress, on_step, on_epoch)
+
+
+def training_loop(run: Run, progress, on_step, on_epoch) -> dict:
     s, method, device = run.spec, run.method, run.device
     write_spec(run)
     monitor = CollapseMonitor(run.data, run.spec, run.device) if s.monitor.images else None
@@ -210,6 +305,8 @@ def train(run: Run, progress=None, on_step: Optional[Callable[[Run, dict], None]
     generator = torch.Generator(device=device)
     warmup = round(s.optim.warmup_epochs * run.steps_per_epoch)
     workers = default_workers(s.runtime.workers)
+    if run.step:
+        trim_metrics(run.dir / "metrics.jsonl", run.step, run.steps_per_epoch)
     metrics_file = (run.dir / "metrics.jsonl").open("a" if run.step else "w")  # a new run starts a fresh log
     method.train()
     epoch_stats: dict = {}
@@ -250,8 +347,8 @@ def train(run: Run, progress=None, on_step: Optional[Callable[[Run, dict], None]
                 if interrupted["set"]:
                     metrics_file.flush()
                     path = run.save()
-                    raise TrainingStopped(f"Interrupted at step {run.step} of {run.total_steps}; a resumable "
-                                          f"checkpoint was written to {path}",
+                    raise TrainingStopped(f"Interrupted by {interrupted['by']} at step {run.step} of "
+                                          f"{run.total_steps}; a resumable checkpoint was written to {path}",
                                           f"continue with: contrastive pretrain --resume {run.dir}", exit_code=130)
                 t_ready = time.perf_counter()  # the next step's clock starts after this step's hooks
             elapsed = time.perf_counter() - t_epoch

@@ -108,6 +108,8 @@ def transfer(spec: TransferSpec, progress: Optional[Progress] = None) -> dict:
     device = pick_device(spec.runtime.device)
     backbone, meta = load_encoder(spec.checkpoint, device)
     target = checkpoint_data(spec.data, meta)
+    out = spec.out or default_out(meta["path"], target.source)
+    ckpt.check_output(out, "--out", (Path(meta["path"]),), "transfer", spec.force)  # before the work, not after
     train_set = open_labeled(target, meta, "train", spec.runtime.seed)
     test_set = open_labeled(target, meta, "test", spec.runtime.seed)
     classes = train_set.classes or [str(i) for i in range(num_classes(train_set, test_set))]
@@ -153,7 +155,6 @@ def transfer(spec: TransferSpec, progress: Optional[Progress] = None) -> dict:
         "lr": spec.optim.lr, "backbone_lr_scale": spec.optim.backbone_lr_scale, "results": rows, "top1": rows[0]["top1"], "top5": rows[0]["top5"],
         "gain": ({k: round(rows[0][k] - rows[1][k], 2) for k in ("top1", "top5")} if len(rows) > 1 else None),
         "skipped_files": len(train_set.skipped) + len(test_set.skipped)}
-    out = spec.out or default_out(meta["path"], target.source)
     resolved = spec.model_copy(update={"data": target, "checkpoint": Path(meta["path"])})
     ckpt.save(out, {**{f"backbone.{k}": v for k, v in model.backbone.state_dict().items()},
                     **{f"head.{k}": v for k, v in model.head.state_dict().items()}}, {

@@ -132,13 +132,15 @@ def test_evaluation_needs_labels(in_tmp, pretrained):
 
 
 def test_resume_refuses_spec_changes(in_tmp, pretrained):
-    fails_cleanly(invoke("pretrain", "--resume", pretrained, "--lr", 0.5), "--lr cannot be changed")
+    fails_cleanly(invoke("pretrain", "--resume", pretrained, "--temperature", 0.5), "--temperature cannot be changed",
+                  "only --epochs, --lr, --device")
 
 
 def test_resume_of_a_finished_run_is_a_no_op(in_tmp, pretrained):
     before = (pretrained / "checkpoint.safetensors").read_bytes()
     result = invoke("pretrain", "--resume", pretrained)
     assert result.exit_code == 0, result.output
+    assert "is complete" in result.output and "--epochs" in result.output and "nan" not in result.output
     assert (pretrained / "checkpoint.safetensors").read_bytes() == before
 
 

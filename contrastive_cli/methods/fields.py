@@ -8,9 +8,9 @@ No torch here: the specs are read by `--help`, which must stay fast.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Literal, Optional
+from typing import Annotated, ClassVar, Literal, Optional, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,32 @@ class DataFacts:
         return cls(len(data), data.channels, tuple(data.mean), tuple(data.std))
 
 
-class MethodSpec(BaseModel):
+def admits_bool(annotation) -> bool:
+    return annotation is bool or any(admits_bool(a) for a in get_args(annotation))
+
+
+class StrictModel(BaseModel):
+    """What every spec section refuses: unknown keys, numbers that are not finite (inf, nan: they would train on
+    nothing and write invalid JSON), and yes/no values where a number is expected (YAML reads `lr: yes` as true,
+    which pydantic would take as 1.0)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def no_yes_no_for_numbers(cls, data):
+        for key, value in data.items() if isinstance(data, dict) else ():
+            field = cls.model_fields.get(key)
+            if isinstance(value, bool) and field is not None and not admits_bool(field.annotation):
+                raise ValueError(f"{key}: {str(value).lower()} is a yes/no value (YAML reads yes, no, on and off as "
+                                 "true and false), not a number; give a number")
+        return data
+
+
+class MethodSpec(StrictModel):
     """A method's typed fields. Subclasses set `name: Literal["<name>"] = "<name>"`; fields left None are filled
     from `recipe` once the image size is known (spec.resolve_pretrain)."""
 
-    model_config = ConfigDict(extra="forbid")
     paper: ClassVar[str] = ""  # "Authors Year": shown in --method's help and the docs
     year: ClassVar[float] = 0  # orders --method choices along the field's lineage
     module: ClassVar[str] = ""  # set by the registry: methods/<module>.py holds the nn.Module
