@@ -477,7 +477,8 @@ def format_validation_error(err: ValidationError, flag_of: dict[tuple, str] | No
         loc = tuple(str(p) for p in e["loc"] if not (isinstance(p, str) and p in METHOD_SPECS and
                                                      len(e["loc"]) > 1 and e["loc"][0] == "method"))
         path = ".".join(loc) or "spec"
-        where = f"{path} ({flag_of[loc]})" if flag_of and loc in flag_of else path
+        field = loc[:-1] if loc and loc[-1].isdigit() else loc  # augment.jitter.0: the first value of --jitter
+        where = f"{path} ({flag_of[field]})" if flag_of and field in flag_of else path
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "union_tag_invalid":
             where = f"{path} (--method)" if path == "method" else where

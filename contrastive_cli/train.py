@@ -175,6 +175,13 @@ def new_run_dir(spec: PretrainSpec) -> Path:
         if (out / ckpt.CHECKPOINT_NAME).exists():
             raise UserError(f"The run directory {out} already holds a run",
                             f"continue it with --resume {out}, or choose another --out")
+        existing = next(p for p in (out, *out.parents) if p.exists())  # what the run's folders will be made in
+        if not existing.is_dir():
+            raise UserError(f"--out {out}: {existing} is a file, not a folder",
+                            "give --out a folder path (it is created if missing)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"--out {out}: the folder {existing} is not writable",
+                            "give --out a folder you can write to")
         return out
     name = Path(spec.data.source).name if Path(spec.data.source).exists() else spec.data.source
     base = Path("runs") / f"{spec.method.name}-{spec.backbone.name}-{name}"

@@ -174,5 +174,5 @@ def transfer(spec: TransferSpec, progress: Optional[Progress] = None) -> dict:
 def default_out(checkpoint: str, target: str) -> Path:
     """<checkpoint stem>.transfer-<target>.safetensors next to the checkpoint (a folder target: its name)."""
     path = Path(checkpoint)
-    name = Path(target).name if Path(target).exists() else target
+    name = Path(target).name  # a named dataset, or a folder's last component
     return path.with_name(f"{path.stem}.transfer-{name}.safetensors")
