@@ -187,8 +187,9 @@ def run_pretrain(given, config=None, print_spec=False, resume=None, as_json=Fals
         console.print(f"[bold]{s.method.name}[/] · {s.backbone.name} ({run.method.feature_dim}-d) · "
                       f"{run.data.name} ({len(run.data)} images, {s.data.image_size} px) · batch {s.optim.batch_size} · "
                       f"{s.optim.epochs} epochs · {run.device} → {run.dir}")
-    if run.step and not as_json:
-        console.print(f"resuming at step {run.step} of {run.total_steps}")
+    if resume is not None and not as_json:
+        console.print(f"resuming at step {run.step} of {run.total_steps}" if run.step else
+                      f"{run.dir} holds no checkpoint yet (it stopped before its first): starting it again from step 0")
     progress = TrainProgress(run.total_steps, run.step, disable=as_json)
     with progress.bar:
         stats = train(run, progress, on_epoch=progress.epoch)

@@ -128,7 +128,9 @@ RESUMABLE = {"runtime": ("device", "workers", "amp", "checkpoint_every"), "optim
 
 def prepare(spec: PretrainSpec, resume: Optional[Path] = None, reporter=None) -> Run:
     """Open the data, resolve the spec, build everything; nothing is written before all checks pass."""
-    tensors = None
+    tensors, run_dir = None, None
+    if resume is not None and started_without_checkpoint(resume):  # killed before its first checkpoint
+        spec, run_dir, resume = restart_spec(spec, Path(resume)), Path(resume), None
     if resume is not None:
         tensors, meta = ckpt.load(resume)
         if Path(meta["path"]).name != ckpt.CHECKPOINT_NAME:  # a resumed run writes <its folder>/checkpoint.safetensors
@@ -137,10 +139,7 @@ def prepare(spec: PretrainSpec, resume: Optional[Path] = None, reporter=None) ->
                             f"{folder}{' and overwrite the run there' if (folder / ckpt.CHECKPOINT_NAME).exists() else ''}",
                             f"copy it into a new folder as {ckpt.CHECKPOINT_NAME} (mkdir NEW && cp {meta['path']} "
                             f"NEW/{ckpt.CHECKPOINT_NAME}) and resume that: --resume NEW")
-        saved = PretrainSpec.model_validate(meta["spec"])
-        spec = saved.model_copy(update={section: getattr(saved, section).model_copy(update={
-            k: getattr(getattr(spec, section), k) for k in fields if k in getattr(spec, section).model_fields_set})
-            for section, fields in RESUMABLE.items()})
+        spec = with_resumable(PretrainSpec.model_validate(meta["spec"]), spec)
         run_dir = Path(meta["path"]).parent
     d = spec.data
     image_size = d.image_size or native_size(d.source, d.root)
@@ -155,7 +154,7 @@ def prepare(spec: PretrainSpec, resume: Optional[Path] = None, reporter=None) ->
     torch.manual_seed(spec.runtime.seed)
     method = build_method(spec, DataFacts.of(data)).to(device)
     optimizer = build_optimizer(method, spec.optim, device)
-    if resume is None:
+    if run_dir is None:
         run_dir = new_run_dir(spec)
     run = Run(spec, run_dir, data, method, optimizer, device)
     if tensors is not None:
@@ -167,6 +166,30 @@ def prepare(spec: PretrainSpec, resume: Optional[Path] = None, reporter=None) ->
                             f"pass --epochs {-(-run.step // run.steps_per_epoch)} or more to extend it")
         run.last_metrics = meta.get("metrics", {})
     return run
+
+
+def with_resumable(saved: PretrainSpec, given: PretrainSpec) -> PretrainSpec:
+    """The spec a run was started with, and the RESUMABLE fields that were given again."""
+    return saved.model_copy(update={section: getattr(saved, section).model_copy(update={
+        k: getattr(getattr(given, section), k) for k in fields if k in getattr(given, section).model_fields_set})
+        for section, fields in RESUMABLE.items()})
+
+
+def started_without_checkpoint(resume: Path) -> bool:
+    """A run directory with the spec.json of a started run but no checkpoint yet."""
+    resume = Path(resume)
+    return resume.is_dir() and (resume / "spec.json").is_file() and not (resume / ckpt.CHECKPOINT_NAME).exists()
+
+
+def restart_spec(given: PretrainSpec, run_dir: Path) -> PretrainSpec:
+    """--resume of a run killed before its first checkpoint: it starts again from step 0 with its spec.json (the
+    same seed, so it becomes the run it would have been)."""
+    try:
+        saved = PretrainSpec.model_validate(json.loads((run_dir / "spec.json").read_text()))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{run_dir} holds no checkpoint yet and its spec.json cannot be read ({err})",
+                        f"start the run again without --resume (e.g. with --out {run_dir} after removing it)") from None
+    return with_resumable(saved, given)
 
 
 def new_run_dir(spec: PretrainSpec) -> Path:
