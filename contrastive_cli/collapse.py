@@ -271,9 +271,9 @@ def embed_views(embed: Callable[[torch.Tensor], dict], data, meta: dict, device,
 def open_inspected(spec, meta: dict):
     """N images of --data (default: the checkpoint's data), from its test split when it has one."""
     try:
-        return open_data(spec.data, meta, "test", spec.runtime.seed, spec.data.subset)
-    except UserError:
-        return open_data(spec.data, meta, "pretrain", spec.runtime.seed, spec.data.subset)
+        return open_data(spec.data, meta, "test", spec.runtime.seed, spec.data.subset, subset_flag=None)
+    except UserError:  # --images is an upper bound: a smaller dataset is inspected whole
+        return open_data(spec.data, meta, "pretrain", spec.runtime.seed, spec.data.subset, subset_flag=None)
 
 
 def inspect_collapse(spec) -> dict:

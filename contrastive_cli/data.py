@@ -193,16 +193,19 @@ def native_size(source: str, root: Optional[Path] = None) -> int:
 
 def open_dataset(source: str, split: Split, *, root: Optional[Path] = None, download: bool = False,
                  strict: bool = False, subset: Optional[int] = None, seed: int = 0,
-                 image_size: Optional[int] = None, classes: Optional[list[str]] = None) -> ImageSet:
+                 image_size: Optional[int] = None, classes: Optional[list[str]] = None,
+                 subset_flag: Optional[str] = "--subset") -> ImageSet:
     """Open `split` of a named dataset or a folder; `classes` keeps only those classes (names or indices,
-    relabelled 0..k-1 in the order given), then `subset` keeps a seeded random N of the images left."""
+    relabelled 0..k-1 in the order given), then `subset` keeps a seeded random N of the images left. A subset
+    larger than the data is an error naming `subset_flag`, or, when that is None, all the images (an upper bound)."""
     if split not in ("pretrain", "train", "test"):
         raise ValueError(f"split must be 'pretrain', 'train' or 'test', not {split!r}")
     if source in NAMED:
         root = Path(root or DEFAULT_ROOT).expanduser()
-        return _open_named(source, split, root, download, subset, seed, classes)
+        return _open_named(source, split, root, download, (subset, subset_flag), seed, classes)
     folder = _existing_folder(source)
-    return _open_folder(folder, split, strict, subset, seed, stored_size(image_size or FOLDER_SIZE), classes)
+    return _open_folder(folder, split, strict, (subset, subset_flag), seed, stored_size(image_size or FOLDER_SIZE),
+                        classes)
 
 
 def _existing_folder(source: str) -> Path:
@@ -262,8 +265,13 @@ def _keep_classes(wanted: list[str], classes: Optional[list[str]], labels, name:
     return keep, mapped[keep], [names[i] for i in picked]
 
 
-def _subset(count: int, subset: Optional[int], seed: int) -> Optional[torch.Tensor]:
-    """Sorted indices of a seeded random subset, or None when the whole set is kept."""
+def _subset(count: int, subset: tuple[Optional[int], Optional[str]], seed: int, where: str) -> Optional[torch.Tensor]:
+    """Sorted indices of a seeded random subset, or None when the whole set is kept. `subset` is (N, the flag that
+    gave it); a flag of None makes N an upper bound."""
+    subset, flag = subset
+    if subset is not None and subset > count and flag is not None:
+        raise UserError(f"{flag} {subset} asks for more images than {where} holds ({count})",
+                        f"pass {flag} {count} or less, or leave {flag} out to use all {count}")
     if subset is None or subset >= count:
         return None
     pick = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:subset]
@@ -287,13 +295,13 @@ def _tensor_fingerprint(images: torch.Tensor, labels: Optional[torch.Tensor]) ->
 
 # ---------------------------------------------------------------- named datasets
 
-def _open_named(name: str, split: Split, root: Path, download: bool, subset: Optional[int], seed: int,
+def _open_named(name: str, split: Split, root: Path, download: bool, subset: tuple, seed: int,
                 wanted: Optional[list[str]] = None) -> ImageSet:
     images, labels, classes, split_read = _load_named(name, split, root, download)
     if wanted is not None:
         keep, labels, classes = _keep_classes(wanted, classes, labels, f"{name} ({split_read} split)")
         images = images[keep]
-    keep = _subset(len(images), subset, seed)
+    keep = _subset(len(images), subset, seed, f"{name} ({split_read} split)")
     if keep is not None:
         images, labels = images[keep], None if labels is None else labels[keep]
     (mean, std) = NAMED[name][1]
@@ -480,7 +488,7 @@ def _folder_split(folder: Path, split: Split):
     return folder, pick(found), pick(labels), classes, "test" if split == "test" else "train"
 
 
-def _open_folder(folder: Path, split: Split, strict: bool, subset: Optional[int], seed: int, size: int,
+def _open_folder(folder: Path, split: Split, strict: bool, subset: tuple, seed: int, size: int,
                  wanted: Optional[list[str]] = None) -> ImageSet:
     base, found, labels, classes, split_read = _folder_split(folder, split)
     if wanted is not None and found:
@@ -491,7 +499,7 @@ def _open_folder(folder: Path, split: Split, strict: bool, subset: Optional[int]
         raise UserError(f"no image files found in {base}" + (f" for the {split_read} split" if held_out else ""),
                         f"put images ({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))}) in it, directly or "
                         "in one subfolder per class, or point --data at another folder")
-    keep = _subset(len(found), subset, seed)
+    keep = _subset(len(found), subset, seed, f"{base} ({split_read} split)")
     if keep is not None:
         found = [found[i] for i in keep.tolist()]
         labels = None if labels is None else [labels[i] for i in keep.tolist()]

@@ -46,16 +46,19 @@ def checkpoint_data(spec: DataSpec, meta: dict) -> DataSpec:
                                    "classes": spec.classes or own.get("classes")})
 
 
-def open_data(spec: DataSpec, meta: dict, split: str, seed: int, subset: Optional[int]) -> ImageSet:
+def open_data(spec: DataSpec, meta: dict, split: str, seed: int, subset: Optional[int],
+              subset_flag: Optional[str] = "--subset") -> ImageSet:
     """`split` of `spec.source`, or of the checkpoint's own data (checkpoint_data) when unset."""
     spec = checkpoint_data(spec, meta)
     return open_dataset(spec.source, split, root=spec.root, download=spec.download, strict=spec.strict, subset=subset,
-                        seed=seed, image_size=spec.image_size or meta["image_size"], classes=spec.classes)
+                        seed=seed, image_size=spec.image_size or meta["image_size"], classes=spec.classes,
+                        subset_flag=subset_flag)
 
 
 def open_labeled(spec: EvalDataSpec, meta: dict, split: str, seed: int) -> ImageSet:
     """The evaluation split; the checkpoint's own data by default (checkpoint_data). Evaluations need labels."""
-    data = open_data(spec, meta, split, seed, spec.subset if split == "train" else spec.test_subset)
+    data = open_data(spec, meta, split, seed, *((spec.subset, "--subset") if split == "train" else
+                                                (spec.test_subset, "--test-subset")))
     source = spec.source or meta["spec"]["data"]["source"]
     if data.labels is None:
         raise UserError(f"The dataset {source} has no labels ({split} split), and evaluation needs them",

@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal, Optional, Union
 
 import typer
 from pydantic import BaseModel
+from typer.core import TyperCommand
 from pydantic_core import PydanticUndefined
 from rich.markup import escape
 
@@ -156,6 +157,44 @@ def options(flags: list[Flag]) -> list[inspect.Parameter]:
     return params
 
 
+class ListFlagsCommand(TyperCommand):
+    """A numeric list flag takes the values that follow it, as users write them (`--milestones 0.6 0.8`,
+    `--k 20 200`); repeating the flag works too. String lists (`--classes`) take one value per flag, since a
+    checkpoint argument could follow them; an extra value there gets a usage error saying so."""
+    lists: dict[str, type] = {}  # flag -> element type, set per command by spec_command
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        options = {o for p in self.params for o in getattr(p, "opts", ())}
+        spread, flag, values = [], None, 0  # the list flag being read and how many values it has taken
+        for token in args:
+            if token in options:
+                flag, values = token, -1
+            elif flag is not None and values and _is_a(self.lists.get(flag), token):
+                spread.append(flag)  # one more value of the list: as if the flag were repeated
+            elif values:
+                flag = None
+            values += 1
+            spread.append(token)
+        try:
+            return super().parse_args(ctx, spread)
+        except Exception as err:  # the parser's usage error: add the hint when a list flag was given
+            given = [t for t in args if t in self.lists]
+            if "unexpected extra argument" in str(getattr(err, "message", "")) and given:
+                err.message += (f". A list flag such as {given[-1]} takes one value per flag when its values are "
+                                f"not numbers: {given[-1]} A {given[-1]} B")
+            raise
+
+
+def _is_a(kind: Optional[type], token: str) -> bool:
+    if kind not in (int, float):
+        return False
+    try:
+        kind(token)
+        return True
+    except ValueError:
+        return False
+
+
 def spec_command(app: typer.Typer, name: str, model: type[Spec], run: Callable[..., None], *,
                  extra: list[inspect.Parameter], help: str, skip: tuple[str, ...] = ("kind",)) -> None:
     """Register `name` with one option per spec field plus `extra` parameters; `run(spec_flags, **extra)`."""
@@ -169,7 +208,9 @@ def spec_command(app: typer.Typer, name: str, model: type[Spec], run: Callable[.
     command.__signature__ = inspect.Signature(extra + options(flags))
     command.__doc__ = help
     command.__name__ = name.replace("-", "_")
-    app.command(name, help=help)(command)
+    lists = {f.flag: typing.get_args(f.kind)[0] for f in flags if typing.get_origin(f.kind) is list}
+    cls = type(f"{command.__name__}_command", (ListFlagsCommand,), {"lists": lists})
+    app.command(name, help=help, cls=cls)(command)
 
 
 def load_config(path: Optional[Path]) -> dict:
@@ -223,9 +264,13 @@ def merge(model: type[Spec], config: dict, given: dict[Flag, Any]) -> Spec:
         for part in f.path[:-1]:
             node = node.setdefault(part, {})
         node[f.path[-1]] = list(value) if isinstance(value, tuple) else value
-    if problems:
-        raise SpecError(problems)
     if isinstance(data.get("method"), dict):
         data["method"].setdefault("name", chosen)
     flag_of = {f.path: f.flag for f in given} | {f.path: f.flag for f in collect(model)}
-    return validate(model, data, flag_of)
+    try:
+        spec = validate(model, data, flag_of)
+    except SpecError as err:  # every problem at once: the flags that do not apply and the invalid values
+        raise SpecError(problems + err.problems) from None
+    if problems:
+        raise SpecError(problems)
+    return spec

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .errors import SpecError
 from .methods import SPECS
@@ -303,7 +303,7 @@ class KnnSpec(Spec):
 class InspectDataSpec(EvalDataSpec):
     subset: Optional[int] = Field(2048, ge=2, json_schema_extra=flag("--images"), description=(
         "Number of images inspected (a seeded random subset of the test split, or of the whole dataset when it "
-        "has none)."))
+        "has none); all of them when there are fewer."))
     test_subset: Optional[int] = Field(None, exclude=True, json_schema_extra={"flag": None})
     image_size: Optional[int] = Field(None, exclude=True, json_schema_extra={"flag": None})  # views: the checkpoint's
 

@@ -56,7 +56,7 @@ def test_benchmark_of_a_streamed_folder_skips_the_prefetched_steps_of_each_block
     folder.mkdir()
     for i in range(40):
         Image.new("RGB", (20, 20), (6 * i, 100, 200 - 4 * i)).save(folder / f"{i}.png")
-    r = benchmark("--data", folder, "--image-size", 16, "--batch-size", 8, "--workers", 1, "--benchmark", 4)
+    r = benchmark("--data", folder, "--subset", 40, "--image-size", 16, "--batch-size", 8, "--workers", 1, "--benchmark", 4)
     assert r["streamed_files"] == 40 and r["dataset_in_memory_mib"] == 0
     assert r["workers"] == 1 and r["untimed_steps_per_block"] == 2  # prefetch factor 2 x 1 worker
     assert r["blocks"] == 1 and r["steps"] == 4

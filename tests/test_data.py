@@ -216,7 +216,10 @@ def test_subset_is_seeded(tmp_path):
     assert len(first) == 100 and first.labels.shape == (100,)
     assert torch.equal(first.images, same.images) and first.fingerprint == same.fingerprint
     assert not torch.equal(first.images, other.images) and first.fingerprint != other.fingerprint
-    assert len(open_dataset("synthetic", "test", subset=5000)) == 1000  # larger than the set: all of it
+    with pytest.raises(UserError, match=r"--test-subset 5000 asks for more images than synthetic \(test split\) "
+                                        r"holds \(1000\)\. Pass --test-subset 1000 or less"):
+        open_dataset("synthetic", "test", subset=5000, subset_flag="--test-subset")  # not silently fewer
+    assert len(open_dataset("synthetic", "test", subset=5000, subset_flag=None)) == 1000  # an upper bound: all
     assert len(open_dataset(str(flat_folder(tmp_path)), "pretrain", subset=4, image_size=8)) == 4
     whole = open_dataset("synthetic", "train")
     assert torch.equal(whole.images[first.index], first.images) and whole.index is None  # subset rows -> positions
