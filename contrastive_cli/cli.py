@@ -305,7 +305,10 @@ def run_probe(given, checkpoint, config=None, print_spec=False, as_json=False):
     if as_json:
         print(json.dumps(result))
         return
-    console.print(f"[bold]linear probe[/] · {result['data']} · {result['epochs']} epochs · lr {result['lr']:g}"
+    whole = (f" (the whole train split: --batch-size {spec.optim.batch_size} is larger)"
+             if result["batch_size"] < spec.optim.batch_size else "")
+    console.print(f"[bold]linear probe[/] · {result['data']} · {result['epochs']} epochs · batch "
+                  f"{result['batch_size']}{whole} · lr {result['lr']:g}"
                   + (" · cached features" if result["cached"] else "")
                   + (f" · {result['skipped_files']} unreadable files skipped" if result["skipped_files"] else ""))
     table = Table()

@@ -431,7 +431,7 @@ def _scan(folder: Path) -> list[tuple[str, int]]:
     """(posix path relative to folder, bytes) of every image file below it, sorted; hidden entries skipped."""
     found, pending = [], [folder]
     while pending:
-        with os.scandir(pending.pop()) as entries:
+        with _listing(pending.pop()) as entries:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
@@ -444,6 +444,17 @@ def _scan(folder: Path) -> list[tuple[str, int]]:
                         size = -1
                     found.append((Path(entry.path).relative_to(folder).as_posix(), size))
     return sorted(found)
+
+
+def _listing(folder: Path):
+    """os.scandir, with a folder that cannot be read (permissions, a dead mount) a clear error, not skipped:
+    a class silently missing would be a wrong answer."""
+    try:
+        return os.scandir(folder)
+    except OSError as err:
+        raise UserError(f"The folder {folder} cannot be read ({err.strerror or err})",
+                        f"give your user read access to it (e.g. chmod -R u+rX {folder}), or point --data at a "
+                        "readable copy") from None
 
 
 def _labeled(found: list[tuple[str, int]], classes: Optional[list[str]] = None):
@@ -464,7 +475,8 @@ def _held_out(rel: str) -> float:
 
 def _folder_split(folder: Path, split: Split):
     """(folder the paths are relative to, [(rel, bytes)], labels or None, classes or None, split name)."""
-    subfolders = {p.name for p in folder.iterdir() if p.is_dir()}
+    with _listing(folder) as entries:
+        subfolders = {e.name for e in entries if e.is_dir()}
     evaluation = next((name for name in ("val", "test") if name in subfolders), None)  # ImageNet: val
     if "train" in subfolders and evaluation:  # ImageNet-style root
         train = _labeled(_scan(folder / "train"))

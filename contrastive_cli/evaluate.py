@@ -141,6 +141,10 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict:
             "top5": round(100 * (ranked == labels[:, None]).any(dim=1).double().mean().item(), 2)}
 
 
+def diverged(what: str, lr: float):
+    raise UserError(f"The linear probe diverged: {what}; nothing was saved", f"lower --lr (now {lr:g})")
+
+
 def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
     """Linear classifier on frozen features (MoCo: SGD momentum 0.9, lr 30, wd 0, x0.1 at 60%/80% of epochs)."""
     device = pick_device(spec.runtime.device)
@@ -154,11 +158,11 @@ def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
     classifier = nn.Linear(meta["feature_dim"], classes).to(device)
     nn.init.normal_(classifier.weight, std=0.01)
     nn.init.zeros_(classifier.bias)
-    optimizer = make_optimizer(decay_groups(list(classifier.parameters()), o.lr * o.batch_size / 256, o), o, device)
+    batch_size = min(o.batch_size, len(train_set))  # a split smaller than the batch is one batch (said in the result)
+    optimizer = make_optimizer(decay_groups(list(classifier.parameters()), o.lr * batch_size / 256, o), o, device)
     norm, size = meta["normalize"], spec.data.image_size or meta["image_size"]
     train_view = crop_flip_view(spec.crop_scale, size, norm["mean"], norm["std"])
     cached = extract(backbone, train_set, size, norm, device, spec.runtime.batch_size, workers) if spec.cached else None
-    batch_size = min(o.batch_size, len(train_set))  # a split smaller than the batch is one batch
     steps_per_epoch = len(train_set) // batch_size
     total, warmup = o.epochs * steps_per_epoch, round((o.warmup_epochs or 0) * steps_per_epoch)
     generator, step, t0 = torch.Generator(device=device), 0, time.perf_counter()
@@ -175,17 +179,25 @@ def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
                     x = backbone(train_view(x, seed_step(generator, seed, step)))
             set_lr(optimizer, lr_factor(step, total, warmup, o.schedule, o.milestones))
             loss = F.cross_entropy(classifier(x), y)
+            if not torch.isfinite(loss):
+                diverged(f"its loss became {loss.item()} at step {step + 1}", o.lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
         if progress is not None:
             progress(epoch + 1, o.epochs, loss.item())
+    if not all(torch.isfinite(p).all() for p in classifier.parameters()):  # never save a probe of NaNs
+        diverged(f"its weights became non-finite by step {step}", o.lr)
     with torch.no_grad():
         test_feats, test_labels = extract(backbone, test_set, size, norm, device, spec.runtime.batch_size, workers)
-        test_acc = accuracy(classifier(test_feats.to(device)).cpu(), test_labels)
+        logits = classifier(test_feats.to(device)).cpu()
+    if not torch.isfinite(logits).all():
+        diverged("its outputs on the test images overflow", o.lr)
+    test_acc = accuracy(logits, test_labels)
     result = {"checkpoint": meta["path"], "data": train_set.name.rsplit(":", 1)[0], "train_images": len(train_set),
-              "test_images": len(test_set), "epochs": o.epochs, "lr": o.lr, "cached": spec.cached,
+              "test_images": len(test_set), "epochs": o.epochs, "lr": o.lr, "batch_size": batch_size,
+              "cached": spec.cached,
               "final_loss": loss.item(), "seconds": round(time.perf_counter() - t0, 2),
               "skipped_files": len(train_set.skipped) + len(test_set.skipped), **test_acc}
     ckpt.save(out, {"probe.weight": classifier.weight, "probe.bias": classifier.bias},

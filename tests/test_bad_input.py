@@ -39,6 +39,13 @@ def world(tmp_path_factory):
     (w / "yes.yaml").write_text("optim: {lr: yes}\n")
     (w / "inf.yaml").write_text("optim: {lr: .inf}\n")
     (w / "binary.yaml").write_bytes(b"\xff\xfe\x00garbage")
+    for cls in ("readable", "unreadable"):  # a labeled folder with one class the user cannot list
+        (w / "locked-class" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(w / "locked-class" / cls / f"{i}.png")
+    (w / "locked-class" / "unreadable").chmod(0)
+    (w / "locked").mkdir()
+    (w / "locked").chmod(0)
     run_probe = runner.invoke(app, ["linear-probe", str(w / "run"), "--cached", "--epochs", "1"])
     assert run_probe.exit_code == 0, run_probe.output
     return w
@@ -81,6 +88,13 @@ CASES = {
     "data missing": ("pretrain --data {w}/nowhere", ["nowhere"]),
     "data a file": ("pretrain --data {w}/a-file", ["a-file"]),
     "data an empty folder": ("pretrain --data {w}/empty-folder", ["empty-folder"]),
+    "data an unreadable folder": ("pretrain --data {w}/locked", ["{w}/locked cannot be read", "chmod"]),
+    "data with an unreadable class folder": ("pretrain --data {w}/locked-class",
+                                             ["{w}/locked-class/unreadable cannot be read"]),
+    "subset larger than the data": ("pretrain --subset 6000", ["--subset 6000", "holds (5000)"]),
+    "milestones decreasing": ("pretrain --schedule step --milestones 0.8 0.6", ["--milestones", "increasing"]),
+    "config unknown key and a flag that does not apply": (
+        "pretrain --config {w}/unknown-key.yaml --method simclr --queue-size 256", ["learning_rate", "--queue-size"]),
     "out an existing file": (f"pretrain --method simclr {TINY} --out {{w}}/a-file", ["a-file", "--out"]),
     "out inside a file": (f"pretrain --method simclr {TINY} --out {{w}}/a-file/run", ["a-file", "--out"]),
     "out an existing run": (f"pretrain --method simclr {TINY} --out {{w}}/run", ["already holds a run"]),
@@ -105,6 +119,11 @@ CASES = {
     "knn data missing": ("knn-eval {w}/run --data {w}/nowhere", ["nowhere"]),
     "knn data without labels": ("knn-eval {w}/run --data {w}/flat", ["no labels"]),
     "knn device mps": ("knn-eval {w}/run --device mps", ["--device mps"]),
+    "knn data with an unreadable class folder": ("knn-eval {w}/run --data {w}/locked-class",
+                                                 ["{w}/locked-class/unreadable cannot be read"]),
+    "knn test subset larger than the split": ("knn-eval {w}/run --test-subset 5000", ["--test-subset 5000",
+                                                                                     "holds (1000)"]),
+    "knn a string list's second value": ("knn-eval --classes 0 1 {w}/run", ["one value per flag", "--classes A"]),
     # linear-probe
     "probe crop scale": ("linear-probe {w}/run --crop-scale 0 2", ["crop_scale"]),
     "probe lr inf": ("linear-probe {w}/run --lr inf", ["--lr", "finite"]),
@@ -114,6 +133,8 @@ CASES = {
     "probe out a folder": ("linear-probe {w}/run --cached --out {w}/empty-folder", ["is a folder"]),
     "probe out inside a file": ("linear-probe {w}/run --cached --out {w}/a-file/probe.safetensors", ["a-file"]),
     "probe of a foreign file": ("linear-probe {w}/foreign.safetensors", ["not a contrastive checkpoint"]),
+    "probe diverging": ("linear-probe {w}/run --cached --epochs 10 --lr 1e38 --subset 200 --batch-size 20",
+                        ["diverged", "nothing was saved", "--lr"]),
     # transfer
     "transfer out is the checkpoint": ("transfer {w}/run --data synthetic --out {w}/run/checkpoint.safetensors",
                                        ["is the checkpoint this command reads"]),
@@ -138,6 +159,15 @@ CASES = {
 }
 
 
+real_scandir = os.scandir
+
+
+def scandir_as_a_user(path="."):
+    if isinstance(path, (str, os.PathLike)) and not os.stat(path).st_mode & 0o444:
+        raise PermissionError(13, "Permission denied", str(path))
+    return real_scandir(path)
+
+
 def files_under(*folders):
     return {p for folder in folders for p in Path(folder).rglob("*")}
 
@@ -153,6 +183,8 @@ def test_bad_input_is_one_paragraph_with_no_traceback_and_no_new_file(world, cas
     monkeypatch.delenv("CONTRASTIVE_DEBUG", raising=False)
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", None)
+    if os.geteuid() == 0:  # root reads any folder: make the permission bits count as they would for a user
+        monkeypatch.setattr(os, "scandir", scandir_as_a_user)
     before = files_under(world, cwd)
     result = runner.invoke(app, command.format(w=world).split())
     text = " ".join(result.output.replace("│", " ").split())

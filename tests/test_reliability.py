@@ -146,6 +146,14 @@ def test_an_output_over_another_runs_checkpoint_needs_force(pretrained, tmp_path
     assert forced.exit_code == 0 and not intact(), forced.output
 
 
+def test_a_probe_batch_larger_than_the_train_split_is_not_clamped_silently(pretrained):
+    result = invoke("linear-probe", pretrained, "--cached", "--epochs", "1", "--subset", 40, "--batch-size", 256,
+                    "--out", pretrained / "small.probe.safetensors")
+    assert "batch 40 (the whole train split: --batch-size 256 is larger)" in " ".join(result.output.split())
+    from contrastive_cli.checkpoint import read_meta
+    assert read_meta(pretrained / "small.probe.safetensors", ("linear-probe",))["results"]["batch_size"] == 40
+
+
 def test_rerunning_a_command_replaces_its_own_earlier_output(pretrained):
     for _ in range(2):
         result = invoke("linear-probe", pretrained, "--cached", "--epochs", "1")
