@@ -79,7 +79,8 @@ class Run:
             raise TrainingStopped(
                 f"The training state at step {self.step} holds non-finite values ({', '.join(broken[:3])}"
                 f"{', …' if len(broken) > 3 else ''}), so it was not saved", "lower --lr or check the data; the last "
-                "good checkpoint is kept" + (f" at {self.checkpoint_path}" if self.checkpoint_path.exists() else ""),
+                "good checkpoint is kept" + (f" at {self.checkpoint_path} (resume with --resume {self.dir} --lr LOWER)"
+                                             if self.checkpoint_path.exists() else ""),
                 exit_code=3)
         return ckpt.save(self.checkpoint_path, tensors, meta)
 
@@ -260,16 +261,33 @@ def optimisation_step(run: Run, views: list[torch.Tensor], indices: torch.Tensor
     loss = out["loss"]
     if not torch.isfinite(loss):
         raise TrainingStopped(
-            f"The loss became {loss.item()} at step {run.step} (epoch {run.step // run.steps_per_epoch + 1}); "
+            f"The loss became {loss.item()} at step {run.step + 1} (epoch {run.step // run.steps_per_epoch + 1}); "
             "training stopped", "lower --lr or check the data; the last good checkpoint is kept"
-            + (f" at {run.checkpoint_path} (resume with --resume {run.dir})" if run.checkpoint_path.exists() else ""),
+            + (f" at {run.checkpoint_path} (resume with --resume {run.dir} --lr LOWER)" if run.checkpoint_path.exists()
+               else ""),
             exit_code=3)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    check_gradients(run)
     run.method.before_optimizer_step(progress)
     run.optimizer.step()
     run.method.after_step((run.step + 1) / run.total_steps)
     return out
+
+
+def check_gradients(run: Run) -> None:
+    """A finite loss can still give NaN/inf gradients (an overflow in the backward pass); the step they would
+    take breaks every weight, so the run stops before it, with the last checkpoint intact."""
+    grads = [p.grad for group in run.optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads or torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
+        return
+    broken = [name for name, p in run.method.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
+    raise TrainingStopped(
+        f"The gradients became non-finite at step {run.step + 1} (epoch {run.step // run.steps_per_epoch + 1}, in "
+        f"{', '.join(broken[:3])}{', …' if len(broken) > 3 else ''}) although the loss was finite; training stopped "
+        "before the step", "lower --lr or check the data; the last good checkpoint is kept"
+        + (f" at {run.checkpoint_path} (resume with --resume {run.dir} --lr LOWER)" if run.checkpoint_path.exists()
+           else ""), exit_code=3)
 
 
 def trim_metrics(path: Path, step: int, steps_per_epoch: int) -> None:

@@ -231,6 +231,45 @@ def test_a_state_with_non_finite_values_is_not_saved_over_the_last_good_checkpoi
     assert ckpt.read_meta(run.checkpoint_path)["step"] == 2  # epoch 1's checkpoint, the last good one
 
 
+def two_epoch_run(tmp_path):
+    from contrastive_cli.spec import PretrainSpec
+    from contrastive_cli.train import prepare
+    return prepare(PretrainSpec.model_validate({
+        "method": {"name": "byol"}, "backbone": {"name": "small_cnn"}, "data": {"subset": 64},
+        "optim": {"epochs": 2, "batch_size": 32}, "monitor": {"images": 0},
+        "runtime": {"out": str(tmp_path / "r"), "checkpoint_every": 1}}))  # 2 steps per epoch
+
+
+@pytest.mark.parametrize("poison, message", [
+    ("loss", "The loss became nan at step 4 (epoch 2)"),
+    ("gradients", "The gradients became non-finite at step 3 (epoch 2, in backbone.features.0.0.weight) although the loss "
+                  "was finite")])
+def test_non_finite_loss_or_gradients_stop_before_the_step_and_resume_with_a_lower_lr(tmp_path, poison, message):
+    from contrastive_cli import checkpoint as ckpt
+    from contrastive_cli.spec import PretrainSpec
+    from contrastive_cli.train import TrainingStopped, prepare, train
+    run = two_epoch_run(tmp_path)
+    first = next(run.method.parameters())
+
+    def break_after(run, record):  # after step 2 (epoch 1's checkpoint is written after this hook)
+        if run.step == 3 and poison == "loss":  # a broken weight: the next loss is NaN
+            first.data.fill_(float("nan"))
+        elif run.step == 2 and poison == "gradients":
+            first.register_hook(lambda grad: grad * float("nan"))  # the loss stays finite
+
+    with pytest.raises(TrainingStopped) as stop:
+        train(run, on_step=break_after)
+    text = str(stop.value)
+    assert stop.value.exit_code == 3 and message in text and f"--resume {run.dir} --lr LOWER" in text, text
+    assert ckpt.read_meta(run.checkpoint_path)["step"] == 2
+    if poison == "gradients":  # the step was not taken: the weights in memory are still finite
+        assert all(torch.isfinite(p).all() for p in run.method.parameters())
+    resumed = prepare(PretrainSpec.model_validate({"optim": {"lr": 0.1}}), resume=run.dir)
+    assert resumed.spec.optim.lr == 0.1
+    train(resumed)
+    assert ckpt.read_meta(run.checkpoint_path)["complete"]
+
+
 def test_after_a_crash_and_resume_metrics_hold_each_step_once(tmp_path):
     from contrastive_cli.spec import PretrainSpec
     from contrastive_cli.train import prepare, train
