@@ -44,12 +44,14 @@ def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     try:
         return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
-    except OSError as err:  # a full disk, a quota, an I/O error: the temp file is gone, the old checkpoint intact
+    except (OSError, SafetensorError) as err:  # a full disk, a quota, an I/O error (safetensors reports them as
+        # SafetensorError "I/O error: ..."): the temp file is gone, the old checkpoint intact
         needed = sum(v.numel() * v.element_size() for v in tensors.values()) / 2**20
         intact = " The previous file there is intact." if path.exists() else ""
-        raise UserError(f"Could not write {path} ({err.strerror or err}); it needs about {needed:.1f} MiB.{intact}",
+        reason = getattr(err, "strerror", None) or str(err).removeprefix("Error while serializing: ")
+        raise UserError(f"Could not write {path} ({reason}); it needs about {needed:.1f} MiB.{intact}",
                         "free disk space (or choose an output on another disk) and run again"
-                        + (", with --resume for a pretraining run" if path.name == CHECKPOINT_NAME else "")) from None
+                        + (f", continuing the run with --resume {path.parent}" if path.name == CHECKPOINT_NAME else "")) from None
 
 
 def atomic_write(path: Path, write: Callable[[str], Any], mkdir: bool = True) -> Path:

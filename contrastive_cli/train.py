@@ -275,6 +275,20 @@ def optimisation_step(run: Run, views: list[torch.Tensor], indices: torch.Tensor
     return out
 
 
+def log(run: Run, metrics_file, record: dict) -> None:
+    """Append one record to metrics.jsonl. A write that fails (a full disk) stops the run with the last
+    checkpoint intact; the torn line it may leave is dropped on resume (trim_metrics)."""
+    line = memoryview((json.dumps(record) + "\n").encode())
+    try:
+        while line:
+            line = line[metrics_file.write(line):]
+    except OSError as err:
+        raise UserError(f"Could not write {run.dir / 'metrics.jsonl'} at step {run.step} ({err.strerror or err})",
+                        "free disk space and continue with --resume " + str(run.dir) + (
+                            f" from the intact checkpoint {run.checkpoint_path}" if run.checkpoint_path.exists()
+                            else " (it starts again: no checkpoint was written yet)")) from None
+
+
 def check_gradients(run: Run) -> None:
     """A finite loss can still give NaN/inf gradients (an overflow in the backward pass); the step they would
     take breaks every weight, so the run stops before it, with the last checkpoint intact."""
@@ -355,7 +369,8 @@ def training_loop(run: Run, progress, on_step, on_epoch) -> dict:
     workers = default_workers(s.runtime.workers)
     if run.step:
         trim_metrics(run.dir / "metrics.jsonl", run.step, run.steps_per_epoch)
-    metrics_file = (run.dir / "metrics.jsonl").open("a" if run.step else "w")  # a new run starts a fresh log
+    # unbuffered: a record is on disk when written, and a failed write leaves nothing to flush again at close
+    metrics_file = (run.dir / "metrics.jsonl").open("ab" if run.step else "wb", buffering=0)  # a new run: a fresh log
     method.train()
     epoch_stats: dict = {}
     with interrupt_flag() as interrupted, metrics_file:
@@ -386,14 +401,12 @@ def training_loop(run: Run, progress, on_step, on_epoch) -> dict:
                 record = {"step": run.step, "epoch": epoch + 1, **scalars, "lr": lr,
                           "images_per_s": len(x) / (t_done - t_ready), "data_wait": t_got - t_ready,
                           "augment": augment.seconds()}
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
+                log(run, metrics_file, record)
                 if progress is not None:
                     progress(run, record, images / (t_done - t_epoch))
                 if on_step is not None:
                     on_step(run, record)
                 if interrupted["set"]:
-                    metrics_file.flush()
                     path = run.save()
                     raise TrainingStopped(f"Interrupted by {interrupted['by']} at step {run.step} of "
                                           f"{run.total_steps}; a resumable checkpoint was written to {path}",
@@ -407,8 +420,7 @@ def training_loop(run: Run, progress, on_step, on_epoch) -> dict:
             if monitor is not None:
                 epoch_stats["collapse"] = monitor(method)
             run.last_metrics = epoch_stats
-            metrics_file.write(json.dumps({"type": "epoch", **epoch_stats}) + "\n")
-            metrics_file.flush()
+            log(run, metrics_file, {"type": "epoch", **epoch_stats})
             if on_epoch is not None:
                 on_epoch(run, epoch_stats)
             collapsed = monitor is not None and epoch_stats["collapse"]["alarm"]

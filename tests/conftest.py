@@ -19,6 +19,18 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture
+def crash_logs(tmp_path, monkeypatch):
+    """The folder where the safety net's crash logs go in this test (the temp folder), with CONTRASTIVE_DEBUG off."""
+    import tempfile
+    folder = tmp_path / "crash-logs"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    monkeypatch.delenv("CONTRASTIVE_DEBUG", raising=False)
+    return folder
+
+
 def resolved_method(name: str, image_size: int, **method):
     """A resolved small-CNN spec of method `name` (batch 8, 1000 images) with these method fields, for unit tests."""
     from contrastive_cli.spec import PretrainSpec, resolve_pretrain

@@ -173,16 +173,11 @@ def files_under(*folders):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_is_one_paragraph_with_no_traceback_and_no_new_file(world, case, tmp_path, monkeypatch):
+def test_bad_input_is_one_paragraph_with_no_traceback_and_no_new_file(world, case, tmp_path, monkeypatch, crash_logs):
     command, needles = CASES[case]
-    cwd, crash_logs = tmp_path / "cwd", tmp_path / "tmp"
+    cwd = tmp_path / "cwd"
     cwd.mkdir()
-    crash_logs.mkdir()
     monkeypatch.chdir(cwd)
-    monkeypatch.setenv("TMPDIR", str(crash_logs))
-    monkeypatch.delenv("CONTRASTIVE_DEBUG", raising=False)
-    import tempfile
-    monkeypatch.setattr(tempfile, "tempdir", None)
     if os.geteuid() == 0:  # root reads any folder: make the permission bits count as they would for a user
         monkeypatch.setattr(os, "scandir", scandir_as_a_user)
     before = files_under(world, cwd)

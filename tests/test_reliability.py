@@ -94,15 +94,11 @@ def broken_knn(*args, **kwargs):
     raise RuntimeError("boom in the vote")
 
 
-def test_an_unexpected_failure_prints_one_paragraph_and_writes_a_crash_log(pretrained, monkeypatch, tmp_path):
+def test_an_unexpected_failure_prints_one_paragraph_and_writes_a_crash_log(pretrained, monkeypatch, crash_logs):
     monkeypatch.setattr("contrastive_cli.evaluate.weighted_knn", broken_knn)
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    monkeypatch.delenv("CONTRASTIVE_DEBUG", raising=False)
-    import tempfile
-    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
     text = one_paragraph(invoke("knn-eval", pretrained, "--test-subset", 50), "knn-eval failed unexpectedly",
                          "RuntimeError: boom in the vote", "CONTRASTIVE_DEBUG=1", code=70)
-    [log] = tmp_path.glob("contrastive-crash-*.log")
+    [log] = crash_logs.glob("contrastive-crash-*.log")
     assert str(log) in text.replace(" ", "") or log.name in text.replace(" ", "")
     assert "Traceback" in log.read_text() and "boom in the vote" in log.read_text()
 
@@ -317,6 +313,69 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint_and_says_how_mu
     text = one_paragraph(result, "No space left on device", "MiB", "previous file there is intact", "--resume")
     assert ckpt.read_meta(out / "checkpoint.safetensors")["step"] == 2, text  # epoch 1's checkpoint
     assert not list(out.glob(".*.tmp")) and json.loads((out / "spec.json").read_text())
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real full disk: a tmpfs of a chosen size (needs root and mount, else the test is skipped; the simulated
+    failure above runs everywhere). Yields resize(bytes)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+
+    def resize(size, option="remount,"):
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"{option}size={size}", "tmpfs", str(mount)],
+                              capture_output=True)
+        return done.returncode == 0
+
+    if os.geteuid() != 0 or not resize(64 * 2**10, option=""):
+        pytest.skip("mounting a tmpfs needs root and the mount capability")
+    try:
+        yield mount, resize
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(folder):
+    """Write a filler file until the disk is full; returns it."""
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.mark.parametrize("full_at", ["checkpoint", "metrics"])
+def test_a_full_disk_keeps_the_last_checkpoint_says_so_and_the_run_resumes_once_space_is_freed(tiny_disk, tmp_path,
+                                                                                                 full_at, monkeypatch):
+    from contrastive_cli import checkpoint as ckpt
+    from contrastive_cli import train as train_module
+    mount, resize = tiny_disk
+    flags = [*TINY[:-1], "2", "--subset", 320, "--method", "simclr", "--checkpoint-every", "1", "--monitor-images", 0]
+    reference = tmp_path / "reference"
+    assert invoke("pretrain", *flags, "--out", reference).exit_code == 0  # 10 steps per epoch
+    size = (reference / "checkpoint.safetensors").stat().st_size
+    assert resize(size * 3 // 2 + 64 * 2**10)  # one checkpoint and the logs fit, not a second one beside it
+    if full_at == "metrics":  # the disk fills up in epoch 2, after epoch 1's checkpoint
+        real_log = train_module.log
+        monkeypatch.setattr(train_module, "log", lambda run, f, record: (
+            run.step == 12 and not (mount / "filler").exists() and fill(mount), real_log(run, f, record)))
+    out = mount / "run"
+    text = one_paragraph(invoke("pretrain", *flags, "--out", out), "No space left on device", "ree disk space",
+                         f"--resume {out}")
+    assert ("it needs about" in text) == (full_at == "checkpoint"), text
+    assert ckpt.read_meta(out / "checkpoint.safetensors")["step"] == 10, text  # epoch 1's, intact
+    assert not list(out.glob(".*.tmp"))
+    monkeypatch.undo()
+    (mount / "filler").unlink(missing_ok=True)
+    assert resize(3 * size + 64 * 2**10)
+    result = invoke("pretrain", "--resume", out)
+    assert result.exit_code == 0, result.output
+    steps = [json.loads(line).get("step") for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in steps if s] == list(range(1, 21))  # each step once: a torn line was dropped
+    assert (out / "checkpoint.safetensors").read_bytes() != b"" and ckpt.read_meta(out)["complete"]
 
 
 # ---- images of every bit depth decode to what they show ----------------------------------------------------------
