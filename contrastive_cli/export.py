@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
@@ -72,8 +74,9 @@ def write(out: Path, writer: Callable[[str], object]) -> None:
     """Atomic write (temp file + rename, as checkpoints); OS errors become one clear message."""
     try:
         ckpt.atomic_write(out, writer, mkdir=False)
-    except OSError as err:
-        raise UserError(f"Could not write {out} ({err.strerror or err})",
+    except (OSError, SafetensorError) as err:  # safetensors reports a full disk as SafetensorError "I/O error: ..."
+        reason = getattr(err, "strerror", None) or str(err).removeprefix("Error while serializing: ")
+        raise UserError(f"Could not write {out} ({reason})",
                         "check the free disk space and the folder's permissions, or choose another --out") from None
 
 
@@ -123,7 +126,10 @@ def write_backbone(fmt: str, backbone: nn.Module, info: dict, out: Path) -> dict
         with warnings.catch_warnings():  # torch.jit is deprecated upstream; it is still what many runtimes load
             warnings.filterwarnings("ignore", category=FutureWarning)
             program = torch.jit.script(backbone)  # scripted, not traced: no batch size or image size baked in
-            write(out, lambda tmp: torch.jit.save(program, tmp, _extra_files={EXTRA_FILE: json.dumps(info)}))
+            # serialised in memory, then written by Python: torch.jit.save aborts the process on a full disk
+            buffer = io.BytesIO()
+            torch.jit.save(program, buffer, _extra_files={EXTRA_FILE: json.dumps(info)})
+            write(out, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
         return {"extra_file": EXTRA_FILE}
     return to_onnx(backbone, info, out)
 

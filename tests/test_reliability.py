@@ -378,6 +378,18 @@ def test_a_full_disk_keeps_the_last_checkpoint_says_so_and_the_run_resumes_once_
     assert (out / "checkpoint.safetensors").read_bytes() != b"" and ckpt.read_meta(out)["complete"]
 
 
+@pytest.mark.parametrize("command", ["export --format safetensors", "export --format torchscript",
+                                     "linear-probe --cached --epochs 1", "transfer --data synthetic --shots 2 "
+                                     "--epochs 1"])
+def test_every_command_that_writes_says_when_the_disk_is_full(pretrained, tiny_disk, command):
+    mount, _ = tiny_disk
+    filler = fill(mount)
+    out = mount / "output"
+    text = one_paragraph(invoke(*command.split()[:1], pretrained, *command.split()[1:], "--out", out),
+                         "No space left on device", "disk space")
+    assert not out.exists() and list(mount.iterdir()) == [filler], text  # and no temp file
+
+
 # ---- images of every bit depth decode to what they show ----------------------------------------------------------
 
 
