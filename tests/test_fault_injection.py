@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from contrastive_cli.cli import app
 
 KILLER = Path(__file__).with_name("fault_injection.py")
-METHODS = {"mocov2": ["--queue-size", "64"], "byol": [], "instdisc": []}
+METHODS = {"mocov2": ["--queue-size", "64"], "byol": [], "instdisc": ["--negatives", "32"]}  # NCE: noise draws from the RNG
 RUN = ["--backbone", "small_cnn", "--subset", "64", "--batch-size", "16", "--epochs", "3", "--checkpoint-every", "1",
        "--monitor-images", "0"]  # 4 steps per epoch, a checkpoint after steps 4, 8 and 12
 STEPS = 12
