@@ -178,15 +178,19 @@ class ViewAugment:
 
     # -- parameters --
 
-    def sample(self, n: int, generator: torch.Generator, device, aspect: float = 1.0) -> dict[str, torch.Tensor]:
+    def sample(self, n: int, generator: torch.Generator, device, aspect: float = 1.0,
+               rows: tuple[int, int] = (0, 0)) -> dict[str, torch.Tensor]:
         """All per-sample random parameters of a batch, vectorised (crop boxes x0,y0,w,h in relative coords,
         flip flags, jitter factors, jitter order, gray/blur/solarize flags, blur sigma).
 
         `aspect` is the source images' width / height (boxes are relative, so it is needed to keep the crop's
-        aspect ratio in crop_ratio for non-square sources); __call__ passes it from the images.
+        aspect ratio in crop_ratio for non-square sources); __call__ passes it from the images. `rows` =
+        (offset, total): the batch is rows offset..offset+n of a global batch of `total` (one process's share
+        under torchrun); the draws are the global batch's, so an image gets the same view at any world size.
         """
         s = self.spec
-        u = torch.rand(n, _COLUMNS, generator=generator, device=device)
+        offset, total = rows
+        u = torch.rand(max(n + offset, total), _COLUMNS, generator=generator, device=device)[offset:offset + n]
         b, c, sat, hue = s.jitter
         low = torch.tensor([max(0.0, 1 - b), max(0.0, 1 - c), max(0.0, 1 - sat), -hue], device=device)
         high = torch.tensor([1 + b, 1 + c, 1 + sat, hue], device=device)
@@ -243,9 +247,9 @@ class ViewAugment:
             for op in ops:
                 _apply_to_flagged(x, jittered & (order[:, position] == op), JITTER_OPS[op], factors[:, op])
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator, rows: tuple[int, int] = (0, 0)) -> torch.Tensor:
         aspect = images.shape[-1] / images.shape[-2]
-        return self.apply(images, self.sample(len(images), generator, images.device, aspect))
+        return self.apply(images, self.sample(len(images), generator, images.device, aspect, rows))
 
 
 def center_view(images: torch.Tensor, size: int, mean, std) -> torch.Tensor:

@@ -17,7 +17,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import __version__
+from . import __version__, distributed
 from .errors import UserError
 from .flags import collect, load_config, merge, spec_command
 from .spec import ExportSpec, InspectSpec, KnnSpec, LinearProbeSpec, PretrainSpec, TransferSpec
@@ -53,7 +53,8 @@ def user_errors(fn):
             style = "yellow" if code in (4, 130) else "red"
             title = "Stopped" if code in (3, 4, 130) else "Error"
             # escaped: messages quote user paths and commands such as pip install 'contrastive[onnx]', not markup
-            errors.print(Panel(escape(str(err)), title=title, border_style=style, title_align="left"))
+            if distributed.is_main():  # under torchrun every process stops alike; one says why
+                errors.print(Panel(escape(str(err)), title=title, border_style=style, title_align="left"))
             raise typer.Exit(code) from None
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
             errors.print(Panel("Aborted by Ctrl-C. Checkpoints are written atomically: the last one written is "
@@ -161,6 +162,14 @@ class TrainProgress:
 
 @user_errors
 def run_pretrain(given, config=None, print_spec=False, resume=None, as_json=False):
+    console.quiet = not distributed.is_main()  # under torchrun rank 0 speaks for all
+    try:
+        pretrain_command(given, config, print_spec, resume, as_json)
+    finally:
+        distributed.shutdown()
+
+
+def pretrain_command(given, config, print_spec, resume, as_json):
     from .train import RESUMABLE, prepare, train
     spec = merge(PretrainSpec, load_config(config), given)
     if resume is not None:
@@ -194,7 +203,8 @@ def run_pretrain(given, config=None, print_spec=False, resume=None, as_json=Fals
     with progress.bar:
         stats = train(run, progress, on_epoch=progress.epoch)
     if as_json:
-        print(json.dumps({**stats, "step": run.step, "checkpoint": str(run.checkpoint_path)}))
+        if distributed.is_main():
+            print(json.dumps({**stats, "step": run.step, "checkpoint": str(run.checkpoint_path)}))
         return
     skipped = f", {len(run.data.skipped)} unreadable files skipped" if run.data.skipped else ""
     console.print(f"done: loss {stats.get('loss', float('nan')):.4f}, {stats.get('images_per_s', 0):.0f} img/s"

@@ -8,17 +8,46 @@ Twins' cross-correlation).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 
+GATHERING = {"on": True}  # --no-gather turns it off for a run: each process's loss then sees its own batch only
+
+
+def gathering() -> bool:
+    return GATHERING["on"] and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate x across processes, keeping gradients for the local slice."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    """Concatenate x across processes in rank order (identity on one process or with --no-gather). Differentiable:
+    the gradient that every process's loss sends to a slice is summed back to the process that computed it, so a
+    loss of local rows against gathered columns, averaged by DDP, has the gradient of the global loss."""
+    if not gathering():
         return x
+    if not (x.requires_grad and torch.is_grad_enabled()):  # keys, indices, bank entries: no autograd needed
+        parts = [torch.empty_like(x) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
     from torch.distributed.nn.functional import all_gather
     return torch.cat(all_gather(x), dim=0)
+
+
+def global_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of x over the global batch (processes hold equal shares); no gradient."""
+    mean = x.detach().mean()
+    if gathering():
+        torch.distributed.all_reduce(mean)
+        mean = mean / torch.distributed.get_world_size()
+    return mean
+
+
+def my_rows(total: int, local: int) -> slice:
+    """Where this process's `local` rows sit among `total` drawn for the global batch (all of them on one process)."""
+    start = rank_and_world()[0] * local if gathering() else 0
+    return slice(start, start + local) if total > local else slice(0, local)
 
 
 def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negative_keys: torch.Tensor,
@@ -34,21 +63,27 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negative_keys: tor
     return F.cross_entropy(logits, target)
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, distributed: bool = False) -> torch.Tensor:
-    """SimCLR's NT-Xent: each of the 2N views has its other view as positive and 2N-2 negatives.
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float,
+            extra_negatives: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """SimCLR's NT-Xent: each of the 2N views has its other view as positive and 2N-2 negatives, N the global
+    batch (gathered across processes, as the paper's TPU code).
 
-    Cosine similarities / T with self-similarity masked out; mean over the 2N anchors (the paper's
-    form; the TF code sums the two directions, i.e. twice this value).
+    Cosine similarities / T with self-similarity masked out; mean over the anchors (the paper's form; the TF code
+    sums the two directions, i.e. twice this value). Each process scores its own 2n anchors against the 2N
+    gathered views, [2n, 2N], not the whole [2N, 2N] matrix on every process. `extra_negatives` [K, d], normalised
+    (SimCLR v2's queue of momentum keys), join every anchor's denominator.
     """
     z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
-    if distributed:
-        z1, z2 = gather(z1), gather(z2)
-    z = torch.cat([z1, z2], dim=0)
-    n = len(z1)
-    logits = z @ z.T / temperature
-    logits.fill_diagonal_(float("-inf"))
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(logits, target)
+    columns = torch.cat([gather(z1), gather(z2)], dim=0)  # [2N, d]: all first views, then all second views
+    n, big_n = len(z1), len(columns) // 2
+    first = torch.arange(n, device=z1.device) + (rank_and_world()[0] * n if gathering() else 0)  # own columns
+    own = torch.cat([first, first + big_n])  # each anchor's own column, masked out
+    positive = torch.cat([first + big_n, first])  # the other view of the same image
+    if extra_negatives is not None:
+        columns = torch.cat([columns, extra_negatives], dim=0)
+    logits = torch.cat([z1, z2], dim=0) @ columns.T / temperature
+    logits[torch.arange(2 * n, device=z1.device), own] = float("-inf")
+    return F.cross_entropy(logits, positive)
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor, stop_gradient: bool = True) -> torch.Tensor:
@@ -79,8 +114,9 @@ def mi_bound(loss: torch.Tensor, candidates: int) -> dict[str, torch.Tensor | fl
 
 
 def all_reduce(x: torch.Tensor) -> torch.Tensor:
-    """Sum x across processes (identity on one), with the gradient summed back to every process's x."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    """Sum x across processes (identity on one, or with --no-gather), with the gradient summed back to every
+    process's x."""
+    if not gathering():
         return x
     from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
     return differentiable_all_reduce(x)
@@ -160,7 +196,7 @@ def in_batch_infonce(anchors: torch.Tensor, candidates: torch.Tensor, temperatur
     NNCLR's Eq. 2; gradients reach the anchors and this process's candidates."""
     anchors, candidates = F.normalize(anchors, dim=1), gather(F.normalize(candidates, dim=1))
     logits = anchors @ candidates.T / temperature
-    rank, _ = rank_and_world()
+    rank = rank_and_world()[0] if gathering() else 0
     positives = torch.arange(len(anchors), device=anchors.device) + rank * len(anchors)
     return F.cross_entropy(logits, positives)
 
@@ -178,7 +214,7 @@ def sinkhorn_codes(scores: torch.Tensor, epsilon: float, iterations: int) -> tor
     under the equal-partition constraint (each prototype receives B/K of the mass, each sample a distribution),
     by `iterations` Sinkhorn-Knopp steps on exp(scores/ε). Under torch.distributed the sums run over the samples of
     every process, as the official distributed_sinkhorn does (B is then the global count)."""
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    distributed = gathering()
 
     def all_reduce(x, op=None):
         if distributed:

@@ -201,6 +201,14 @@ class RuntimeSpec(Spec):
     amp: Optional[bool] = Field(None, description="Mixed precision (bf16) on CUDA [default: on for CUDA; no effect on CPU].")
     out: Optional[Path] = Field(None, description="Run directory [default: runs/<method>-<backbone>-<data>].")
     checkpoint_every: int = Field(10, ge=1, description="Write a checkpoint every N epochs (and at the end).")
+    sync_bn: Optional[bool] = Field(None, description=(
+        "Under torchrun: batch norm over the global batch of all processes (SyncBatchNorm) instead of each "
+        "process's share [default: recipe: on for SimCLR, BYOL, SwAV and MoCo v3 on a ResNet, as their papers; "
+        "no effect on one process]."))
+    gather: bool = Field(True, description=(
+        "Under torchrun: losses see the global batch, as in the papers (in-batch negatives gathered from every "
+        "process, MoCo keys gathered before the queue, batch statistics of a loss reduced); --no-gather leaves "
+        "each process's loss to its own share, an ablation (docs/distributed.md)."))
     benchmark: Optional[int] = Field(None, ge=1, json_schema_extra=flag("--benchmark"), description=(
         "Measure instead of training: after warm-up, time STEPS training steps and STEPS model-only steps "
         "(forward, backward and optimiser step of the same networks on one batch of views already augmented "
@@ -505,7 +513,7 @@ def resolve_pretrain(spec: PretrainSpec, image_size: int, n_images: int, channel
     recipe = type(spec.method).recipe(small=image_size < SMALL_IMAGE, vit=spec.backbone.is_vit)
     data = spec.model_dump()
     data["data"]["image_size"] = image_size
-    for section in ("method", "optim", "augment", "backbone"):
+    for section in ("method", "optim", "augment", "backbone", "runtime"):
         for key, value in recipe.get(section, {}).items():
             if data[section].get(key) is None:
                 data[section][key] = value
@@ -519,6 +527,7 @@ def resolve_pretrain(spec: PretrainSpec, image_size: int, n_images: int, channel
     if optim["weight_decay_end"] is None:
         optim["weight_decay_end"] = optim["weight_decay"]
     augment["local_crops"] = augment["local_crops"] or 0
+    data["runtime"]["sync_bn"] = bool(data["runtime"]["sync_bn"])  # off unless the recipe or the flag turns it on
     augment["local_crop_scale"] = augment["local_crop_scale"] or (0.05, 0.4)
     if augment["local_crop_size"] is None:
         side = image_size // 2 if image_size < SMALL_IMAGE else round(image_size * 96 / 224)

@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 from . import checkpoint as ckpt
+from . import distributed
 from .checkpoint import load_state, state_tensors
 from .collapse import CollapseMonitor
 from .data import ImageSet, native_size, open_dataset
@@ -48,6 +49,16 @@ class Run:
     step: int = 0
     last_metrics: dict = field(default_factory=dict)
     resumed: bool = False
+    model: Optional[torch.nn.Module] = None  # what the step calls: the method, or its DDP wrapper under torchrun
+
+    def __post_init__(self):
+        if self.model is None:
+            self.model = self.method
+
+    @property
+    def local_batch(self) -> int:
+        """This process's share of the global --batch-size."""
+        return self.spec.optim.batch_size // distributed.world()
 
     @property
     def steps_per_epoch(self) -> int:
@@ -75,14 +86,26 @@ class Run:
         }
         tensors = state_tensors(self.method, self.optimizer)
         broken = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        if broken:  # a finite loss can come from a state that is already broken (BN statistics, optimiser moments)
+        # a finite loss can come from a state that is already broken (BN statistics, optimiser moments); every
+        # process takes the decision (and learns how rank 0's write went), so none waits alone in a collective
+        if distributed.any_rank(bool(broken), self.device):
+            broken = broken or ["the state of another process"]
             raise TrainingStopped(
                 f"The training state at step {self.step} holds non-finite values ({', '.join(broken[:3])}"
                 f"{', …' if len(broken) > 3 else ''}), so it was not saved", "lower --lr or check the data; the last "
                 "good checkpoint is kept" + (f" at {self.checkpoint_path} (resume with --resume {self.dir} --lr LOWER)"
                                              if self.checkpoint_path.exists() else ""),
                 exit_code=3)
-        return ckpt.save(self.checkpoint_path, tensors, meta)
+        failed = None
+        if distributed.is_main():
+            try:
+                ckpt.save(self.checkpoint_path, tensors, meta)
+            except UserError as err:
+                failed = err
+        failed = distributed.broadcast(failed)
+        if failed is not None:
+            raise failed
+        return self.checkpoint_path
 
 
 class TrainingStopped(UserError):
@@ -151,13 +174,19 @@ def prepare(spec: PretrainSpec, resume: Optional[Path] = None, reporter=None) ->
         raise UserError(f"The data of {d.source} differs from the data this run was started on "
                         f"(fingerprint {data.fingerprint} vs {meta['data']['fingerprint']})",
                         "resume with the same dataset, or start a new run")
-    device = pick_device(spec.runtime.device)
+    device = pick_device(distributed.device_for(spec.runtime.device))
+    distributed.init(device)
+    if spec.optim.batch_size % distributed.world():
+        raise UserError(f"--batch-size {spec.optim.batch_size} (the global batch) cannot be shared equally by "
+                        f"{distributed.world()} processes", f"pass a multiple of {distributed.world()}")
     torch.manual_seed(spec.runtime.seed)
     method = build_method(spec, DataFacts.of(data)).to(device)
+    if distributed.world() > 1 and spec.runtime.sync_bn:
+        distributed.sync_batch_norm(method, device)
     optimizer = build_optimizer(method, spec.optim, device)
     if run_dir is None:
-        run_dir = new_run_dir(spec)
-    run = Run(spec, run_dir, data, method, optimizer, device)
+        run_dir = distributed.broadcast(new_run_dir(spec))  # rank 0's choice (runs/NAME-2 may race otherwise)
+    run = Run(spec, run_dir, data, method, optimizer, device, model=data_parallel(method, device))
     if tensors is not None:
         load_state(method, optimizer, {k: v.to(device) if not k.startswith("rng.") else v for k, v in tensors.items()})
         run.step, run.resumed = int(meta["step"]), True
@@ -167,6 +196,18 @@ def prepare(spec: PretrainSpec, resume: Optional[Path] = None, reporter=None) ->
                             f"pass --epochs {-(-run.step // run.steps_per_epoch)} or more to extend it")
         run.last_metrics = meta.get("metrics", {})
     return run
+
+
+def data_parallel(method: Method, device: torch.device) -> torch.nn.Module:
+    """The method wrapped in DistributedDataParallel under torchrun (gradients averaged over the processes during
+    backward); the method itself otherwise. What a loss gathers across processes is the method's own business, and
+    so are its buffers: queues and banks are fed the gathered batch, so they stay equal without DDP re-sending
+    rank 0's (a 65k-key queue or an ImageNet bank at every step); SwAV's queue is per process, as in its code."""
+    if distributed.world() == 1:
+        return method
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)
 
 
 def with_resumable(saved: PretrainSpec, given: PretrainSpec) -> PretrainSpec:
@@ -257,11 +298,11 @@ def optimisation_step(run: Run, views: list[torch.Tensor], indices: torch.Tensor
     step. Returns the method's outputs: 'loss' and the scalars it reports."""
     progress = run.step / run.total_steps
     with autocast(run.device, run.spec.runtime.amp):
-        out = run.method(views, indices, progress)
+        out = run.model(views, indices, progress)
     loss = out["loss"]
-    if not torch.isfinite(loss):
+    if distributed.any_rank(not torch.isfinite(loss), run.device):  # all processes stop together
         raise TrainingStopped(
-            f"The loss became {loss.item()} at step {run.step + 1} (epoch {run.step // run.steps_per_epoch + 1}); "
+            f"The loss became {loss.item() if not torch.isfinite(loss) else 'non-finite on another process'} at step {run.step + 1} (epoch {run.step // run.steps_per_epoch + 1}); "
             "training stopped", "lower --lr or check the data; the last good checkpoint is kept"
             + (f" at {run.checkpoint_path} (resume with --resume {run.dir} --lr LOWER)" if run.checkpoint_path.exists()
                else ""),
@@ -276,8 +317,10 @@ def optimisation_step(run: Run, views: list[torch.Tensor], indices: torch.Tensor
 
 
 def log(run: Run, metrics_file, record: dict) -> None:
-    """Append one record to metrics.jsonl. A write that fails (a full disk) stops the run with the last
-    checkpoint intact; the torn line it may leave is dropped on resume (trim_metrics)."""
+    """Append one record to metrics.jsonl (rank 0 only: others have no file). A write that fails (a full disk)
+    stops the run with the last checkpoint intact; the torn line it may leave is dropped on resume (trim_metrics)."""
+    if metrics_file is None:
+        return
     line = memoryview((json.dumps(record) + "\n").encode())
     try:
         while line:
@@ -354,33 +397,46 @@ def train(run: Run, progress=None, on_step: Optional[Callable[[Run, dict], None]
           on_epoch: Optional[Callable[[Run, dict], None]] = None) -> dict:
     """Train from run.step to the end; returns the last epoch's metrics. Raises TrainingStopped on Ctrl-C, SIGTERM,
     NaN or, with --stop-on-collapse, a collapse seen by the monitor; UserError when another process trains in the
-    same run directory."""
-    with run_lock(run):
+    same run directory. Under torchrun rank 0 holds the lock and writes every file."""
+    from .losses import GATHERING
+    GATHERING["on"] = run.spec.runtime.gather
+    with ExitStack() as stack:
+        failed = None
+        if distributed.is_main():
+            try:
+                stack.enter_context(run_lock(run))
+            except UserError as err:
+                failed = err
+        failed = distributed.broadcast(failed)  # every process stops if rank 0 cannot take the directory
+        if failed is not None:
+            raise failed
         return training_loop(run, progress, on_step, on_epoch)
 
 
 def training_loop(run: Run, progress, on_step, on_epoch) -> dict:
     s, method, device = run.spec, run.method, run.device
-    write_spec(run)
-    monitor = CollapseMonitor(run.data, run.spec, run.device) if s.monitor.images else None
+    main, share, batch = distributed.is_main(), distributed.rank() * run.local_batch, s.optim.batch_size
+    if main:
+        write_spec(run)
+    monitor = CollapseMonitor(run.data, run.spec, run.device) if s.monitor.images and main else None
     views = method.views(s.augment, s.data.image_size, run.data.mean, run.data.std)
     generator = torch.Generator(device=device)
     warmup = round(s.optim.warmup_epochs * run.steps_per_epoch)
     workers = default_workers(s.runtime.workers)
-    if run.step:
+    if run.step and main:
         trim_metrics(run.dir / "metrics.jsonl", run.step, run.steps_per_epoch)
     # unbuffered: a record is on disk when written, and a failed write leaves nothing to flush again at close
-    metrics_file = (run.dir / "metrics.jsonl").open("ab" if run.step else "wb", buffering=0)  # a new run: a fresh log
+    metrics_file = (run.dir / "metrics.jsonl").open("ab" if run.step else "wb", buffering=0) if main else None
     method.train()
     epoch_stats: dict = {}
-    with interrupt_flag() as interrupted, metrics_file:
+    with interrupt_flag() as interrupted, metrics_file or nullcontext():
         while run.step < run.total_steps:
             epoch, offset = divmod(run.step, run.steps_per_epoch)
-            order = epoch_order(len(run.data), s.runtime.seed, epoch)
-            order = order[offset * s.optim.batch_size:run.steps_per_epoch * s.optim.batch_size]
+            order = epoch_order(len(run.data), s.runtime.seed, epoch)[offset * batch:run.steps_per_epoch * batch]
+            order = order.view(-1, batch)[:, share:share + run.local_batch].reshape(-1)  # this process's share
             sums, steps, images, wait, augmenting, t_epoch = {}, 0, 0, 0.0, 0.0, time.perf_counter()
             t_ready = time.perf_counter()
-            for x, _, indices in run.data.batches(order, s.optim.batch_size, workers=workers, drop_last=True):
+            for x, _, indices in run.data.batches(order, run.local_batch, workers=workers, drop_last=True):
                 x = x.to(device, non_blocking=True)
                 t_got = time.perf_counter()
                 wait += t_got - t_ready
@@ -388,15 +444,17 @@ def training_loop(run: Run, progress, on_step, on_epoch) -> dict:
                 lr = set_lr(run.optimizer, lr_factor(run.step, run.total_steps, warmup, s.optim.schedule, s.optim.milestones))
                 set_weight_decay(run.optimizer, s.optim, run.step, run.total_steps)
                 with Stopwatch(device) as augment:
-                    batch_views = [v(x, generator) for v in views]  # fp32, outside autocast
-                scalars = {k: float(torch.as_tensor(v).detach()) for k, v in
-                           optimisation_step(run, batch_views, indices.to(device)).items()}
+                    batch_views = [v(x, generator, rows=(share, batch)) for v in views]  # fp32, outside autocast
+                out = optimisation_step(run, batch_views, indices.to(device))
+                # the step's scalars as means over the processes
+                scalars = dict(zip(out, distributed.mean_of(torch.stack([
+                    torch.as_tensor(v, dtype=torch.float64, device=device).detach() for v in out.values()])).tolist()))
                 run.step += 1
                 steps += 1
                 for k, v in scalars.items():
                     sums[k] = sums.get(k, 0.0) + v
                 t_done = time.perf_counter()
-                images += len(x)
+                images += len(x) * distributed.world()
                 augmenting += augment.seconds()
                 record = {"step": run.step, "epoch": epoch + 1, **scalars, "lr": lr,
                           "images_per_s": len(x) / (t_done - t_ready), "data_wait": t_got - t_ready,
@@ -406,9 +464,9 @@ def training_loop(run: Run, progress, on_step, on_epoch) -> dict:
                     progress(run, record, images / (t_done - t_epoch))
                 if on_step is not None:
                     on_step(run, record)
-                if interrupted["set"]:
+                if distributed.any_rank(interrupted["set"], device):  # all processes stop at the same step
                     path = run.save()
-                    raise TrainingStopped(f"Interrupted by {interrupted['by']} at step {run.step} of "
+                    raise TrainingStopped(f"Interrupted by {interrupted['by'] or 'a signal to another process'} at step {run.step} of "
                                           f"{run.total_steps}; a resumable checkpoint was written to {path}",
                                           f"continue with: contrastive pretrain --resume {run.dir}", exit_code=130)
                 t_ready = time.perf_counter()  # the next step's clock starts after this step's hooks
@@ -423,13 +481,13 @@ def training_loop(run: Run, progress, on_step, on_epoch) -> dict:
             log(run, metrics_file, {"type": "epoch", **epoch_stats})
             if on_epoch is not None:
                 on_epoch(run, epoch_stats)
-            collapsed = monitor is not None and epoch_stats["collapse"]["alarm"]
+            collapsed = distributed.broadcast(monitor is not None and epoch_stats["collapse"]["alarm"])
             if (epoch + 1) % s.runtime.checkpoint_every == 0 or run.step >= run.total_steps or (
                     collapsed and s.monitor.stop_on_collapse):
                 run.save()
             if collapsed and s.monitor.stop_on_collapse:
-                c = epoch_stats["collapse"]
-                raise TrainingStopped(f"The collapse monitor saw {c['verdict']} for {monitor.streak} epoch(s) in a row, "
+                c = epoch_stats.get("collapse") or {"verdict": "a collapse", "reason": "seen by rank 0"}
+                raise TrainingStopped(f"The collapse monitor saw {c['verdict']} for {monitor.streak if monitor else s.monitor.patience} epoch(s) in a row, "
                                       f"up to epoch {epoch + 1} ({c['reason']}); "
                                       f"training stopped with a checkpoint at {run.checkpoint_path}",
                                       "see docs/inspect-collapse.md for the usual causes (a missing predictor or "

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import ViewAugment
+from ..losses import gather, gathering, global_mean, my_rows, rank_and_world
 from ..models import build_backbone
 from . import SPECS
 from .fields import DataFacts
@@ -225,8 +226,9 @@ class MemoryBank(nn.Module):
     def sample(self, indices: torch.Tensor, negatives: int) -> torch.Tensor:
         """[B, 1+K] bank rows: each image's own entry first, then K drawn uniformly (with replacement, as in the
         official code) from the CPU generator, which checkpoints save."""
-        noise = torch.randint(0, len(self.features), (len(indices), negatives)).to(indices.device)
-        return torch.cat([indices[:, None], noise], dim=1)
+        batch = len(indices) * (rank_and_world()[1] if gathering() else 1)  # drawn for the global batch, so a
+        noise = torch.randint(0, len(self.features), (batch, negatives))[my_rows(batch, len(indices))]  # row's
+        return torch.cat([indices[:, None], noise.to(indices.device)], dim=1)  # noise is the same at any world size
 
     def nce_scores(self, f: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
         """P(i|f) = exp(v_i·f/τ)/Z for the sampled rows [B, 1+K]; Z is estimated once, at the first call.
@@ -238,7 +240,7 @@ class MemoryBank(nn.Module):
         else:
             dots = torch.bmm(self.features[rows], f.unsqueeze(2)).squeeze(2)  # indexing copies: safe from update
         scores = dots.div(temperature).exp()
-        self.z.copy_(torch.where(self.z < 0, scores.detach().mean() * len(self.features), self.z))  # no host sync
+        self.z.copy_(torch.where(self.z < 0, global_mean(scores) * len(self.features), self.z))  # no host sync
         return scores / self.z
 
     def snapshot(self) -> torch.Tensor:
@@ -248,5 +250,7 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def update(self, f: torch.Tensor, indices: torch.Tensor, momentum: float) -> None:
+        """The entries of the global batch's images (gathered under torchrun, so every process's bank stays the same)."""
+        f, indices = gather(f.detach()), gather(indices)
         entries = self.features[indices] * momentum + f.detach().to(self.features.dtype) * (1 - momentum)
         self.features[indices] = F.normalize(entries, dim=1)

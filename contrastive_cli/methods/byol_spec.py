@@ -25,4 +25,4 @@ class BYOLSpec(MethodSpec):
         method = {"momentum": 0.99}
         augment = {"crop_scale": (0.08, 1.0), "jitter_p": 0.8, "jitter": (0.4, 0.4, 0.2, 0.1),
                    "jitter_random_order": True, "gray_p": 0.2, "blur_p": (1.0, 0.1), "solarize_p": (0.0, 0.2)}
-        return {"optim": optim, "method": method, "augment": augment}
+        return {"optim": optim, "method": method, "augment": augment, "runtime": {"sync_bn": True}}

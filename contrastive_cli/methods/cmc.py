@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import ViewAugment
-from ..losses import mi_bound, nce
+from ..losses import gather, gathering, global_mean, mi_bound, nce, rank_and_world
 from ..models import SmallCNN, build_backbone
 from .base import MemoryBank, Method
 
@@ -81,7 +81,7 @@ class ViewMemoryBank(MemoryBank):
 
     def nce_scores(self, f, rows, temperature):
         scores = self.dots(f, rows).div(temperature).exp()
-        self.z.copy_(torch.where(self.z < 0, scores.detach().mean() * len(self.features), self.z))  # as base
+        self.z.copy_(torch.where(self.z < 0, global_mean(scores) * len(self.features), self.z))  # as base
         return scores / self.z
 
 
@@ -156,10 +156,11 @@ class CMC(Method):
         z_l, z_ab = self.project(*self.backbone.features(views[0]))
         s = self.spec
         if s.contrast == "in-batch":  # each anchor's positive is its own image's other view; the batch's are negatives
-            target = torch.arange(len(z_l), device=z_l.device)
-            logits = z_l @ z_ab.T / s.temperature
-            loss_l, loss_ab = F.cross_entropy(logits, target), F.cross_entropy(logits.T, target)
-            readout = mi_bound((loss_l + loss_ab) / 2, len(z_l))
+            # each process's anchors against the global batch's other view (gathered under torchrun)
+            target = torch.arange(len(z_l), device=z_l.device) + (rank_and_world()[0] * len(z_l) if gathering() else 0)
+            loss_l = F.cross_entropy(z_l @ gather(z_ab).T / s.temperature, target)
+            loss_ab = F.cross_entropy(z_ab @ gather(z_l).T / s.temperature, target)
+            readout = mi_bound((loss_l + loss_ab) / 2, len(z_l) * (rank_and_world()[1] if gathering() else 1))
         else:
             rows = self.l_bank.sample(indices, s.negatives)  # the same draws for both directions, as in the code
             loss_l = self.bank_loss(z_l, self.ab_bank, rows)  # L anchors against the ab memory

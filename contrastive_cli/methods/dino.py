@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import dino_loss
+from ..losses import dino_loss, gathering
 from .base import Method, cosine_momentum, encode_crops, momentum_copy
 
 
@@ -97,7 +97,7 @@ class DINO(Method):
     def update_center(self, teacher_out: torch.Tensor) -> None:
         """c ← m·c + (1 − m)·mean of the teacher's outputs over the global batch (all processes)."""
         total, count = teacher_out.float().sum(0, keepdim=True), len(teacher_out)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if gathering():
             torch.distributed.all_reduce(total)
             count *= torch.distributed.get_world_size()
         m = self.spec.center_momentum

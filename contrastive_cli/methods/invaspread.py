@@ -5,7 +5,7 @@ image gives two augmented views; every view must recognise its sibling among the
 import torch
 import torch.nn.functional as F
 
-from ..losses import mi_bound
+from ..losses import gather, gathering, mi_bound, rank_and_world
 from ..models import Layer, mlp
 from .base import Method
 
@@ -16,16 +16,24 @@ def invariance_spreading_loss(z: torch.Tensor, temperature: float) -> tuple[torc
     the other 2B − 1 views; with a⁺ its sibling view,
         L = −(1/2B) Σ_a [ log p(a, a⁺) + Σ_{j ∉ {a, a⁺}} log(1 − p(a, j)) ].
     The candidates are detached (the code's `.data`): gradient reaches each view through its role as an anchor.
-    Returns (invariance term, spreading term); their sum is L."""
-    n = len(z)
-    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
-    log_p = (z @ z.detach().T).float().div(temperature).masked_fill(self_mask, float("-inf")).log_softmax(dim=1)
-    sibling = torch.arange(n, device=z.device).roll(n // 2)  # view a of one half pairs with view a ± B
-    invariance = -log_p[torch.arange(n), sibling].mean()
+    Returns (invariance term, spreading term); their sum is L.
+
+    Under torchrun the candidates are the 2N views of the global batch (gathered, detached as above) and each
+    process scores its own 2n anchors: rows [2n], columns [2N]."""
+    n = len(z) // 2
+    columns = torch.cat([gather(half.detach()) for half in z.chunk(2)])  # all first views, then all second views
+    big_n = len(columns) // 2
+    first = torch.arange(n, device=z.device) + (rank_and_world()[0] * n if gathering() else 0)
+    own, sibling = torch.cat([first, first + big_n]), torch.cat([first + big_n, first])
+    rows = torch.arange(2 * n, device=z.device)
+    self_mask = torch.zeros(2 * n, 2 * big_n, dtype=torch.bool, device=z.device)
+    self_mask[rows, own] = True
+    log_p = (z @ columns.T).float().div(temperature).masked_fill(self_mask, float("-inf")).log_softmax(dim=1)
+    invariance = -log_p[rows, sibling].mean()
     negative = ~self_mask
-    negative[torch.arange(n), sibling] = False
+    negative[rows, sibling] = False
     # 1 − p stays > 0 (the code has no guard; a duplicate image could push p to 1 and the loss to inf)
-    spreading = -torch.log1p(-log_p[negative].exp().clamp(max=1 - 1e-7)).sum() / n
+    spreading = -torch.log1p(-log_p[negative].exp().clamp(max=1 - 1e-7)).sum() / (2 * n)
     return invariance, spreading
 
 

@@ -4,7 +4,7 @@ other view, produced by a momentum encoder, and a FIFO queue of past keys as neg
 import torch
 import torch.nn.functional as F
 
-from ..losses import info_nce, mi_bound
+from ..losses import gather, gathering, info_nce, mi_bound, rank_and_world
 from ..models import Layer, mlp, split_batchnorm
 from .base import KeyQueue, Method, momentum_copy
 
@@ -29,11 +29,15 @@ class MoCoV2(Method):
 
     @torch.no_grad()
     def key(self, x):
-        # ShuffleBN: the keys' BN splits hold other samples than the queries' splits, so batch statistics cannot
-        # tell which key is the positive. The CPU generator is saved in checkpoints, so resume stays exact.
-        shuffle = torch.randperm(len(x)).to(x.device)
-        keys = F.normalize(self.momentum_projector(self.momentum_backbone(x[shuffle])), dim=1)
-        return keys[torch.argsort(shuffle)]
+        # ShuffleBN: the keys' BN splits (or processes) hold other samples than the queries', so batch statistics
+        # cannot tell which key is the positive. Under torchrun the whole batch is shuffled across processes, as
+        # the official batch_shuffle_ddp; every process draws the same permutation from the global generator,
+        # which is seeded alike and saved in checkpoints, so resume stays exact.
+        everything, rank = gather(x), rank_and_world()[0] if gathering() else 0
+        shuffle = torch.randperm(len(everything)).to(x.device)
+        mine = shuffle[rank * len(x):(rank + 1) * len(x)]
+        keys = gather(F.normalize(self.momentum_projector(self.momentum_backbone(everything[mine])), dim=1))
+        return keys[torch.argsort(shuffle)][rank * len(x):(rank + 1) * len(x)]
 
     def forward(self, views, indices=None, progress=0.0):
         x1, x2 = views
@@ -46,6 +50,6 @@ class MoCoV2(Method):
             loss = loss + info_nce(self.query(x2), k1, negatives, self.spec.temperature)
             keys.append(k1)
         for k in keys:
-            self.queue.push(k)
+            self.queue.push(gather(k))  # the keys of the global batch, in the same order on every process
         # the readout of one direction: 1 positive + the queue's keys
         return {"loss": loss, **mi_bound(loss / len(keys), 1 + len(negatives))}

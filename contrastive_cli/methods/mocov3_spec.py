@@ -38,7 +38,7 @@ class MoCoV3Spec(MethodSpec):
                   "freeze_patch_embed": vit}
         augment = {"crop_scale": (0.08, 1.0) if vit else (0.2, 1.0), "jitter_p": 0.8, "jitter": (0.4, 0.4, 0.2, 0.1),
                    "jitter_random_order": True, "gray_p": 0.2, "blur_p": (1.0, 0.1), "solarize_p": (0.0, 0.2)}
-        recipe = {"optim": optim, "method": method, "augment": augment}
+        recipe = {"optim": optim, "method": method, "augment": augment, "runtime": {"sync_bn": not vit}}
         if vit:
             recipe["backbone"] = {"pos_embed": "sincos"}
         return recipe

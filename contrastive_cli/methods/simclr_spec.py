@@ -21,4 +21,4 @@ class SimCLRSpec(MethodSpec):
         method = {"temperature": 0.5 if small else 0.1}
         augment = {"crop_scale": (0.08, 1.0), "jitter_p": 0.8, "jitter": (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s),
                    "jitter_random_order": True, "gray_p": 0.2, "blur_p": (0.5, 0.5), "solarize_p": (0.0, 0.0)}
-        return {"optim": optim, "method": method, "augment": augment}
+        return {"optim": optim, "method": method, "augment": augment, "runtime": {"sync_bn": True}}

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import mi_bound, nt_xent
+from ..losses import gather, mi_bound, nt_xent
 from ..models import Layer, build_backbone, mlp
 from .base import backbone_info, KeyQueue, Method, momentum_copy
 
@@ -32,13 +32,8 @@ def projection_head(width: int, layers: int, out_dim: int) -> nn.ModuleList:
 
 def nt_xent_with_queue(z1, z2, queue, temperature):
     """NT-Xent whose denominators also hold the queue's keys: anchor i (of 2N views) scores its other view against
-    the 2N - 2 other in-batch views and the K queued keys. With K = 0 it is nt_xent (the mean over the 2N anchors)."""
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    n = len(z1)
-    in_batch = (z @ z.T).fill_diagonal_(float("-inf"))
-    logits = torch.cat([in_batch, z @ queue.T], dim=1) / temperature
-    positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(logits, positive)
+    the 2N - 2 other in-batch views (gathered across processes) and the K queued keys. With K = 0 it is nt_xent."""
+    return nt_xent(z1, z2, temperature, extra_negatives=queue)
 
 
 class SimCLRv2(Method):
@@ -93,6 +88,6 @@ class SimCLRv2(Method):
             return {"loss": loss, **mi_bound(loss, 2 * len(z1) - 1)}
         negatives = self.queue.keys.clone().detach()
         loss = nt_xent_with_queue(z1, z2, negatives, self.spec.temperature)
-        self.queue.push(self.memory_keys(x2))  # one key per image, so queue_size <= images holds no duplicates
+        self.queue.push(gather(self.memory_keys(x2)))  # one key per image (of the global batch): no duplicates
         # each anchor scores its positive among the 2N - 1 other views and the K queued keys
         return {"loss": loss, **mi_bound(loss, 2 * len(z1) - 1 + len(negatives))}

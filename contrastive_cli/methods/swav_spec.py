@@ -52,7 +52,7 @@ class SwAVSpec(MethodSpec):
         augment = {"crop_scale": (0.14, 1.0), "local_crops": 2 if small else 6, "local_crop_scale": (0.05, 0.14),
                    "jitter_p": 0.8, "jitter": (0.8, 0.8, 0.8, 0.2), "jitter_random_order": True,
                    "gray_p": 0.2, "blur_p": (0.5, 0.5), "solarize_p": (0.0, 0.0)}
-        return {"optim": optim, "method": method, "augment": augment}
+        return {"optim": optim, "method": method, "augment": augment, "runtime": {"sync_bn": True}}
 
     def check(self, run, data):
         problems = []
