@@ -261,6 +261,11 @@ spec_command(app, "pretrain", PretrainSpec, run_pretrain, extra=[CONFIG, PRINT_S
 
 
 def eval_spec(model, given, config, checkpoint, print_spec):
+    if distributed.launched():
+        command = {"KnnSpec": "knn-eval", "LinearProbeSpec": "linear-probe", "InspectSpec": "inspect-collapse",
+                   "ExportSpec": "export", "TransferSpec": "transfer"}[model.__name__]
+        raise UserError(f"{command} runs as one process; under torchrun every process would repeat the same work "
+                        "and write the same files", f"run it without torchrun: contrastive {command} ...")
     data = load_config(config)
     data["checkpoint"] = str(checkpoint)
     spec = merge(model, data, given)

@@ -89,6 +89,15 @@ def mean_of(values: torch.Tensor) -> torch.Tensor:
     return values / world()
 
 
+def peer_failure(err: BaseException) -> bool:
+    """Whether an error from a collective means another process is gone (killed, crashed, unreachable)."""
+    kinds = tuple(getattr(dist, name) for name in ("DistError", "DistBackendError", "DistNetworkError")
+                  if hasattr(dist, name))
+    text = str(err)
+    return isinstance(err, kinds) or any(mark in text for mark in (
+        "Connection closed by peer", "Connection reset by peer", "gloo", "NCCL", "Broken pipe"))
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when it is true on any: decisions to stop are taken together, never by one rank
     alone (the others would wait forever in the next collective)."""

@@ -117,6 +117,7 @@ class TrainingStopped(UserError):
 
 
 SIGNALS = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
+EXIT_PEER = 75  # sysexits' EX_TEMPFAIL: another process of a torchrun job failed; resumable
 
 
 @contextmanager
@@ -205,9 +206,11 @@ def data_parallel(method: Method, device: torch.device) -> torch.nn.Module:
     rank 0's (a 65k-key queue or an ImageNet bank at every step); SwAV's queue is per process, as in its code."""
     if distributed.world() == 1:
         return method
+    import inspect
     from torch.nn.parallel import DistributedDataParallel
+    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters  # newer torch's name for it
     return DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+                                   **({"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}))
 
 
 def with_resumable(saved: PretrainSpec, given: PretrainSpec) -> PretrainSpec:
@@ -410,7 +413,17 @@ def train(run: Run, progress=None, on_step: Optional[Callable[[Run, dict], None]
         failed = distributed.broadcast(failed)  # every process stops if rank 0 cannot take the directory
         if failed is not None:
             raise failed
-        return training_loop(run, progress, on_step, on_epoch)
+        try:
+            return training_loop(run, progress, on_step, on_epoch)
+        except RuntimeError as err:  # torch.distributed's errors (DistBackendError, gloo's) are RuntimeErrors
+            if distributed.world() == 1 or not distributed.peer_failure(err):
+                raise
+            raise TrainingStopped(
+                f"Another process of this torchrun job stopped during step {run.step + 1} "
+                f"({str(err).strip().splitlines()[0][:200]}), so this one stopped too", "see that process's message "
+                "(torchrun prints which rank failed and how); the last checkpoint is intact"
+                + (f": continue with torchrun ... pretrain --resume {run.dir}, on any number of processes"
+                   if run.checkpoint_path.exists() else ""), exit_code=EXIT_PEER) from None
 
 
 def training_loop(run: Run, progress, on_step, on_epoch) -> dict:

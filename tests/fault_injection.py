@@ -6,6 +6,7 @@ POINT 'step': the process kills itself right after the N-th optimiser step of th
 memory, its metrics record not yet written), as an OOM killer or a power cut would. 'save': inside the N-th
 checkpoint write of this process, once half of the temp file is on disk and before it is renamed over the
 checkpoint. 'signal-SIGINT' / 'signal-SIGTERM': that signal is sent after the N-th step (a clean stop, not a kill).
+Under torchrun, POINT@R acts in the process of rank R only (the script is torchrun's entry point).
 """
 
 import os
@@ -17,13 +18,15 @@ from contrastive_cli import train
 from contrastive_cli.cli import app
 
 point, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[sys.argv.index("--") + 1:]
+point, _, only_rank = point.partition("@")  # POINT@R: only the process of rank R (under torchrun) acts
+acts = not only_rank or os.environ.get("RANK", "0") == only_rank
 calls = 0
 
 
 def counted() -> bool:
     global calls
     calls += 1
-    return calls == n
+    return calls == n and acts
 
 
 if point == "save":

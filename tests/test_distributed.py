@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -28,12 +29,15 @@ METHODS = {
 }
 
 
-def torchrun(*args, processes=2):
+KILLER = Path(__file__).with_name("fault_injection.py")
+
+
+def torchrun(*args, processes=2, entry=("-m", "contrastive_cli"), ok=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                           str(processes), "-m", "contrastive_cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+                           str(processes), *entry, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert (done.returncode == 0) == ok, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout + done.stderr
 
 
@@ -89,5 +93,29 @@ def test_only_rank_0_writes_and_a_two_process_run_resumes_on_one(tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "type" not in r] == [1, 2, 3, 4]  # each step once, not once per rank
     single("pretrain", "--resume", out, "--epochs", "2")
+    assert [json.loads(line).get("step") for line in (out / "metrics.jsonl").read_text().splitlines()
+            if '"type"' not in line] == list(range(1, 9))
+
+
+def test_a_one_process_run_resumes_on_two_as_if_it_had_never_stopped(tmp_path):
+    flags = ["pretrain", "--method", "simclr", *METHODS["simclr"], *RUN]
+    single(*flags, "--out", tmp_path / "straight")
+    killed = subprocess.run([sys.executable, str(KILLER), "step", "5", "--", *flags, "--checkpoint-every", "1",
+                             "--out", str(tmp_path / "moved")], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]  # one process, killed after step 5: checkpoint at step 4
+    torchrun("pretrain", "--resume", tmp_path / "moved")  # data order and views are global: 2 processes go on
+    assert losses(tmp_path / "moved") == pytest.approx(losses(tmp_path / "straight"), rel=1e-4, abs=1e-5)
+
+
+def test_a_killed_process_stops_the_job_with_a_message_and_the_last_checkpoint_resumes(tmp_path):
+    out = tmp_path / "run"
+    text = torchrun("step@1", "6", "--", "pretrain", "--method", "simclr", *METHODS["simclr"], *RUN,
+                    "--checkpoint-every", "1", "--out", out, entry=(str(KILLER),), ok=False)  # rank 1: kill -9
+    text = " ".join(text.replace("│", " ").split())
+    assert "Another process of this torchrun job stopped during step 6" in text, text[-3000:]
+    assert f"pretrain --resume {out}" in text
+    from contrastive_cli import checkpoint as ckpt
+    assert ckpt.read_meta(out)["step"] == 4  # epoch 1's checkpoint, intact
+    single("pretrain", "--resume", out)
     assert [json.loads(line).get("step") for line in (out / "metrics.jsonl").read_text().splitlines()
             if '"type"' not in line] == list(range(1, 9))
