@@ -35,8 +35,43 @@ def fused(device: torch.device) -> dict:
     return {"fused": True} if device.type in _get_fused_kernels_supported_devices() else {}
 
 
+class LARS(torch.optim.Optimizer):
+    """LARS (You, Gitman & Ginsburg 2017) as SimCLR, BYOL and Barlow Twins run it: for each weight matrix (ndim > 1)
+    the gradient plus weight decay, d = g + wd·w, is scaled by the trust ratio η·‖w‖/‖d‖ (1 when either norm is 0),
+    then SGD momentum: μ ← m·μ + d, w ← w − lr·μ. Biases and norm weights (ndim 1) are neither decayed nor adapted
+    (the papers' exclusion). Weight decay and lr come from each group, so the schedules set them as for SGD."""
+
+    def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if p.ndim > 1:
+                    d = d.add(p, alpha=group["weight_decay"])
+                    w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+                    one = torch.ones_like(w_norm)
+                    trust = torch.where((w_norm > 0) & (d_norm > 0), group["eta"] * w_norm / d_norm, one)
+                    d = d.mul(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = d.clone()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(d)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
 def make_optimizer(groups: list[dict], o, device: torch.device) -> torch.optim.Optimizer:
-    """The spec's optimiser (SGD with momentum, or AdamW) over `groups`, fused where the device has the kernels."""
+    """The spec's optimiser (SGD with momentum, AdamW or LARS) over `groups`, fused where the device has the
+    kernels."""
+    if o.optimizer == "lars":
+        return LARS(groups, momentum=o.optimizer_momentum, eta=o.lars_eta)
     if o.optimizer == "adamw":
         return torch.optim.AdamW(groups, betas=(o.optimizer_momentum, 0.999), **fused(device))
     return torch.optim.SGD(groups, momentum=o.optimizer_momentum, **fused(device))

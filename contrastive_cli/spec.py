@@ -167,7 +167,12 @@ def default_patch_size(size: int) -> int:
 class OptimSpec(Spec):
     epochs: int = Field(100, ge=1, description="Number of epochs.")
     batch_size: int = Field(256, ge=2, description="Images per step (each gives one view per branch).")
-    optimizer: Optional[Literal["sgd", "adamw"]] = Field(None, description="Optimiser.")
+    optimizer: Optional[Literal["sgd", "adamw", "lars"]] = Field(None, description=(
+        "Optimiser: SGD with momentum, AdamW, or LARS (SGD with momentum whose step for each weight matrix is "
+        "scaled by the trust ratio eta x |w| / |g + wd w|; biases and norm weights are neither adapted nor decayed, "
+        "as SimCLR, BYOL and Barlow Twins use it for large batches)."))
+    lars_eta: float = Field(0.001, gt=0, le=1, description=(
+        "LARS trust coefficient eta (0.001 in SimCLR, BYOL and Barlow Twins; solo-learn uses 0.02 on CIFAR)."))
     lr: Optional[float] = Field(None, gt=0, description=(
         "Learning rate at batch size 256; the rate used is lr x batch_size / 256."))
     weight_decay: Optional[float] = Field(None, ge=0, description="Weight decay.")
