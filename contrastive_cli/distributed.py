@@ -113,9 +113,9 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     """Batch norm whose training statistics are those of the global batch of all processes, for CPU (gloo)
-    runs: torch's SyncBatchNorm runs on GPUs only. Two differentiable all-reduces per layer (the sum, then the
-    squared deviations: the same two-pass statistics as BatchNorm on one process); evaluation uses the running
-    statistics, as BatchNorm."""
+    runs: torch's SyncBatchNorm runs on GPUs only. One differentiable all-gather per layer of each process's
+    (count, mean, sum of squared deviations), combined exactly (Chan et al.'s parallel variance), so the statistics
+    equal BatchNorm's on the whole batch; evaluation uses the running statistics, as BatchNorm."""
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() < 2:
@@ -124,13 +124,16 @@ class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and active()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-        dims = [0, *range(2, x.dim())]
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        n = torch.tensor(float(x.numel() // x.shape[1]), device=x.device)
-        dist.all_reduce(n)
-        mean = all_reduce(x.sum(dims)) / n
-        var = all_reduce((x - mean.view(shape)).pow(2).sum(dims)) / n
+        from torch.distributed.nn.functional import all_gather
+        dims, shape = [0, *range(2, x.dim())], [1, -1] + [1] * (x.dim() - 2)
+        count = x.numel() // x.shape[1]
+        mean = x.mean(dims)
+        squares = (x - mean.view(shape)).pow(2).sum(dims)
+        parts = torch.stack(all_gather(torch.stack([torch.full_like(mean, count), mean, squares])))  # [W, 3, C]
+        counts, means, sums = parts[:, 0], parts[:, 1], parts[:, 2]
+        n = counts.sum(0)
+        mean = (counts * means).sum(0) / n
+        var = (sums + counts * (means - mean).pow(2)).sum(0) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

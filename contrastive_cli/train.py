@@ -470,7 +470,7 @@ def training_loop(run: Run, progress, on_step, on_epoch) -> dict:
                 images += len(x) * distributed.world()
                 augmenting += augment.seconds()
                 record = {"step": run.step, "epoch": epoch + 1, **scalars, "lr": lr,
-                          "images_per_s": len(x) / (t_done - t_ready), "data_wait": t_got - t_ready,
+                          "images_per_s": len(x) * distributed.world() / (t_done - t_ready), "data_wait": t_got - t_ready,
                           "augment": augment.seconds()}
                 log(run, metrics_file, record)
                 if progress is not None:
