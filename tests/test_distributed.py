@@ -119,3 +119,25 @@ def test_a_killed_process_stops_the_job_with_a_message_and_the_last_checkpoint_r
     single("pretrain", "--resume", out)
     assert [json.loads(line).get("step") for line in (out / "metrics.jsonl").read_text().splitlines()
             if '"type"' not in line] == list(range(1, 9))
+
+
+def test_sigterm_to_torchrun_stops_every_process_at_one_step_with_a_checkpoint(tmp_path):
+    """What a scheduler does before a time limit: torchrun forwards SIGTERM to its processes, which stop together."""
+    import signal
+    import time
+    out = tmp_path / "run"
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                            "-m", "contrastive_cli", "pretrain", "--method", "simclr", *RUN, "--epochs", "100",
+                            "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    while not (out / "metrics.jsonl").exists() or (out / "metrics.jsonl").read_text().count("\n") < 3:
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()[0][-3000:]
+        time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)
+    text = " ".join(job.communicate(timeout=300)[0].replace("│", " ").split())
+    assert "Interrupted by SIGTERM at step" in text, text[-3000:]
+    from contrastive_cli import checkpoint as ckpt
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if '"type"' not in line]
+    assert ckpt.read_meta(out)["step"] == steps[-1] and steps == list(range(1, steps[-1] + 1))
