@@ -191,6 +191,9 @@ def pretrain_command(given, config, print_spec, resume, as_json):
         return
     s = run.spec
     if s.runtime.benchmark:
+        if distributed.world() > 1:
+            raise UserError("--benchmark measures one process; under torchrun each process would time its own "
+                            "share", "run it without torchrun (the scaling figures are in docs/distributed.md)")
         return run_benchmark(run, s.runtime.benchmark, as_json)
     if not as_json:
         console.print(f"[bold]{s.method.name}[/] · {s.backbone.name} ({run.method.feature_dim}-d) · "
