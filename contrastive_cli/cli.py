@@ -264,20 +264,47 @@ spec_command(app, "pretrain", PretrainSpec, run_pretrain, extra=[CONFIG, PRINT_S
 
 
 def eval_spec(model, given, config, checkpoint, print_spec):
-    if distributed.launched():
-        command = {"KnnSpec": "knn-eval", "LinearProbeSpec": "linear-probe", "InspectSpec": "inspect-collapse",
-                   "ExportSpec": "export", "TransferSpec": "transfer"}[model.__name__]
-        raise UserError(f"{command} runs as one process; under torchrun every process would repeat the same work "
-                        "and write the same files", f"run it without torchrun: contrastive {command} ...")
     data = load_config(config)
     data["checkpoint"] = str(checkpoint)
     spec = merge(model, data, given)
+    if distributed.launched() and not (model in (KnnSpec, LinearProbeSpec) or model is ExportSpec and spec.embeddings):
+        command = {"InspectSpec": "inspect-collapse", "ExportSpec": "export", "TransferSpec": "transfer"}[model.__name__]
+        raise UserError(f"{command} runs as one process; under torchrun every process would repeat the same work "
+                        "and write the same files (knn-eval, linear-probe and export --embeddings share their "
+                        "feature extraction across processes)", f"run it without torchrun: contrastive {command} ...")
     if print_spec:
         console.print_json(data=spec.model_dump(mode="json"))
     return spec
 
 
+def sharded(fn):
+    """An evaluation that torchrun may run as several processes sharing its feature extraction: rank 0 speaks."""
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        console.quiet = not distributed.is_main()
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeError as err:  # torch.distributed's errors when another process is gone
+            if distributed.world() == 1 or not distributed.peer_failure(err):
+                raise
+            from .train import EXIT_PEER
+            stopped = UserError(f"Another process of this torchrun job stopped ({str(err).strip().splitlines()[0][:200]}), "
+                                "so this one stopped too", "see that process's message (torchrun prints which rank "
+                                "failed and how); nothing was written")
+            stopped.exit_code = EXIT_PEER
+            raise stopped from None
+        finally:
+            distributed.shutdown()
+    return wrapper
+
+
+def print_json(result: dict) -> None:
+    if distributed.is_main():
+        print(json.dumps(result))
+
+
 @user_errors
+@sharded
 def run_knn(given, checkpoint, config=None, print_spec=False, as_json=False):
     from .evaluate import knn_eval
     spec = eval_spec(KnnSpec, given, config, checkpoint, print_spec)
@@ -286,7 +313,7 @@ def run_knn(given, checkpoint, config=None, print_spec=False, as_json=False):
     with console.status("computing features and neighbours"):
         result = knn_eval(spec)
     if as_json:
-        print(json.dumps(result))
+        print_json(result)
         return
     console.print(f"[bold]weighted kNN[/] · {result['data']} · bank {result['bank']} · queries {result['queries']} · "
                   f"T={result['temperature']}" + (f" · {result['skipped_files']} unreadable files skipped"
@@ -306,6 +333,7 @@ spec_command(app, "knn-eval", KnnSpec, run_knn, extra=[CHECKPOINT, CONFIG, PRINT
 
 
 @user_errors
+@sharded
 def run_probe(given, checkpoint, config=None, print_spec=False, as_json=False):
     from .evaluate import linear_probe
     spec = eval_spec(LinearProbeSpec, given, config, checkpoint, print_spec)
@@ -321,7 +349,7 @@ def run_probe(given, checkpoint, config=None, print_spec=False, as_json=False):
     with bar:
         result = linear_probe(spec, progress=lambda done, total, loss: bar.update(task, completed=done, loss=loss))
     if as_json:
-        print(json.dumps(result))
+        print_json(result)
         return
     whole = (f" (the whole train split: --batch-size {spec.optim.batch_size} is larger)"
              if result["batch_size"] < spec.optim.batch_size else "")
@@ -406,6 +434,7 @@ spec_command(app, "inspect-collapse", InspectSpec, run_inspect, extra=[CHECKPOIN
 
 
 @user_errors
+@sharded
 def run_export(given, checkpoint, config=None, print_spec=False, as_json=False):
     from .export import export
     spec = eval_spec(ExportSpec, given, config, checkpoint, print_spec)
@@ -414,7 +443,7 @@ def run_export(given, checkpoint, config=None, print_spec=False, as_json=False):
     with console.status("computing features" if spec.embeddings else f"exporting to {spec.format}"):
         result = export(spec)
     if as_json:
-        print(json.dumps(result))
+        print_json(result)
         return
     size, norm, size_mb = result["image_size"], result["normalize"], result["bytes"] / 1e6
     if spec.embeddings:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -80,6 +80,21 @@ def broadcast(value: Any) -> Any:
     return box[0]
 
 
+def on_main(write: Callable[[], Any]) -> Any:
+    """write() on rank 0 only (files are rank 0's), its result or its UserError (a full disk) on every rank, so
+    every process stops alike rather than wait for a rank that has failed."""
+    result, failed = None, None
+    if is_main():
+        try:
+            result = write()
+        except UserError as err:
+            failed = err
+    result, failed = broadcast((result, failed))
+    if failed is not None:
+        raise failed
+    return result
+
+
 def mean_of(values: torch.Tensor) -> torch.Tensor:
     """The mean over ranks of a tensor of scalars (a step's losses), with no gradient."""
     if not active():
@@ -106,6 +121,45 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([float(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+# ---- sharded evaluation -------------------------------------------------------------------------
+
+
+def my_share(n: int) -> slice:
+    """This process's contiguous block of n items (rank order; the last blocks may be shorter), all on one process."""
+    size = -(-n // world())
+    return slice(min(rank() * size, n), min((rank() + 1) * size, n))
+
+
+def gather_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Each tensor's rows from every process, concatenated in rank order, on every process (no gradient). Shares
+    may differ in length (a process skipped an unreadable file): they are padded to the longest for the collective
+    and trimmed after. NCCL moves CUDA tensors only, so CPU tensors travel through the process's device."""
+    if not active():
+        return list(tensors)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    counts = torch.tensor([len(tensors[0])], device=device)
+    all_counts = [torch.zeros_like(counts) for _ in range(world())]
+    dist.all_gather(all_counts, counts)
+    longest = int(max(all_counts))
+    out = []
+    for t in tensors:
+        padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=device)
+        padded[:len(t)] = t.to(device)
+        parts = [torch.empty_like(padded) for _ in range(world())]
+        dist.all_gather(parts, padded)
+        out.append(torch.cat([p[:int(c)] for p, c in zip(parts, all_counts)]).to(t.device))
+    return out
+
+
+def gather_list(items: list) -> list:
+    """A small list of picklable items (file paths) from every process, concatenated in rank order."""
+    if not active():
+        return items
+    lists = [None] * world()
+    dist.all_gather_object(lists, items)
+    return [item for part in lists for item in part]
 
 
 # ---- batch norm over the global batch ------------------------------------------------------------

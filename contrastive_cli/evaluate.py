@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import distributed
 from .augment import center_view, crop_flip_view
 from .data import ImageSet, open_dataset
 from .errors import UserError
@@ -68,20 +69,32 @@ def open_labeled(spec: EvalDataSpec, meta: dict, split: str, seed: int) -> Image
 
 
 @torch.no_grad()
-def feature_batches(backbone: nn.Module, data: ImageSet, size: int, norm: dict, device: torch.device,
-                    batch_size: int, workers: int) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]]:
-    """(pooled backbone features on the CPU, labels or None, row indices) per batch, in dataset order, of the
-    centre view (side `size`, normalised with the checkpoint's `norm` {mean, std}); unreadable files are skipped."""
-    for x, y, index in data.batches(torch.arange(len(data)), batch_size, workers=workers):
-        view = center_view(x.to(device, non_blocking=True), size, norm["mean"], norm["std"])
-        yield backbone(view).float().cpu(), y, index
+def features(backbone: nn.Module, data: ImageSet, size: int, norm: dict, device: torch.device, batch_size: int,
+             workers: int) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """Pooled backbone features (on the CPU) of the centre view (side `size`, normalised with the checkpoint's
+    `norm` {mean, std}) of every readable image, in dataset order, with their labels (None for unlabeled data) and
+    row indices; unreadable files are skipped. Under torchrun each process embeds its block of the rows and every
+    process receives them all (data.skipped too)."""
+    if len(data) < distributed.world():
+        raise UserError(f"{data.name} has {len(data)} images, fewer than the {distributed.world()} processes that "
+                        "would share them", "run without torchrun, or with fewer processes")
+    feats, labels, rows = [], [], []
+    for x, y, index in data.batches(torch.arange(len(data))[distributed.my_share(len(data))], batch_size,
+                                    workers=workers):
+        feats.append(backbone(center_view(x.to(device, non_blocking=True), size, norm["mean"], norm["std"])).float().cpu())
+        labels.append(y)
+        rows.append(index)
+    feats, rows = distributed.gather_rows(torch.cat(feats), torch.cat(rows))
+    labels = None if labels[0] is None else distributed.gather_rows(torch.cat(labels))[0]
+    data.skipped[:] = sorted(set(distributed.gather_list(data.skipped)))
+    return feats, labels, rows
 
 
 def extract(backbone: nn.Module, data: ImageSet, size: int, norm: dict, device: torch.device, batch_size: int,
             workers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of every (readable) image of a labeled set, with their labels (see feature_batches)."""
-    feats, labels, _ = zip(*feature_batches(backbone, data, size, norm, device, batch_size, workers))
-    return torch.cat(feats), torch.cat(labels)
+    """Features of every (readable) image of a labeled set, with their labels (see `features`)."""
+    feats, labels, _ = features(backbone, data, size, norm, device, batch_size, workers)
+    return feats, labels
 
 
 def weighted_knn(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
@@ -114,8 +127,15 @@ def num_classes(*sets: ImageSet) -> int:
     return max(len(s.classes or []) for s in sets) or int(max(int(s.labels.max()) for s in sets) + 1)
 
 
+def eval_device(name: str) -> torch.device:
+    """The evaluation's device; under torchrun, this process's, in the process group that shares the work."""
+    device = pick_device(distributed.device_for(name))
+    distributed.init(device)
+    return device
+
+
 def knn_eval(spec: KnnSpec) -> dict:
-    device = pick_device(spec.runtime.device)
+    device = eval_device(spec.runtime.device)
     backbone, meta = load_encoder(spec.checkpoint, device)
     bank_set = open_labeled(spec.data, meta, "train", spec.runtime.seed)
     test_set = open_labeled(spec.data, meta, "test", spec.runtime.seed)
@@ -146,8 +166,10 @@ def diverged(what: str, lr: float):
 
 
 def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
-    """Linear classifier on frozen features (MoCo: SGD momentum 0.9, lr 30, wd 0, x0.1 at 60%/80% of epochs)."""
-    device = pick_device(spec.runtime.device)
+    """Linear classifier on frozen features (MoCo: SGD momentum 0.9, lr 30, wd 0, x0.1 at 60%/80% of epochs).
+    Under torchrun each process computes the features of its share of every batch (or, with cached features, of
+    the images) and every process trains the same classifier on the whole batch: the single-process result."""
+    device = eval_device(spec.runtime.device)
     backbone, meta = load_encoder(spec.checkpoint, device)
     out = spec.out or Path(meta["path"]).with_name(Path(meta["path"]).stem + ".probe.safetensors")
     ckpt.check_output(out, "--out", (Path(meta["path"]),), "linear-probe", spec.force)  # before the work, not after
@@ -159,6 +181,10 @@ def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
     nn.init.normal_(classifier.weight, std=0.01)
     nn.init.zeros_(classifier.bias)
     batch_size = min(o.batch_size, len(train_set))  # a split smaller than the batch is one batch (said in the result)
+    if not spec.cached and batch_size % distributed.world():
+        raise UserError(f"The probe's batch of {batch_size} images cannot be shared equally by {distributed.world()} "
+                        "processes", f"pass a --batch-size that is a multiple of {distributed.world()}, or --cached")
+    share, local_batch = distributed.rank() * batch_size // distributed.world(), batch_size // distributed.world()
     optimizer = make_optimizer(decay_groups(list(classifier.parameters()), o.lr * batch_size / 256, o), o, device)
     norm, size = meta["normalize"], spec.data.image_size or meta["image_size"]
     train_view = crop_flip_view(spec.crop_scale, size, norm["mean"], norm["std"])
@@ -170,13 +196,15 @@ def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
         order = epoch_order(len(train_set), seed, epoch)
         if cached is not None:
             batches = ((cached[0][i], cached[1][i]) for i in order[:steps_per_epoch * batch_size].split(batch_size))
-        else:
-            batches = ((x, y) for x, y, _ in train_set.batches(order, batch_size, workers=workers, drop_last=True))
+        else:  # this process's share of each batch (all of it on one process)
+            order = order[:steps_per_epoch * batch_size].view(-1, batch_size)[:, share:share + local_batch].reshape(-1)
+            batches = ((x, y) for x, y, _ in train_set.batches(order, local_batch, workers=workers, drop_last=True))
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device)
             if cached is None:
                 with torch.no_grad():
-                    x = backbone(train_view(x, seed_step(generator, seed, step)))
+                    view = train_view(x, seed_step(generator, seed, step), rows=(share, batch_size))
+                    x, y = distributed.gather_rows(backbone(view), y)
             set_lr(optimizer, lr_factor(step, total, warmup, o.schedule, o.milestones))
             loss = F.cross_entropy(classifier(x), y)
             if not torch.isfinite(loss):
@@ -195,14 +223,16 @@ def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
     if not torch.isfinite(logits).all():
         diverged("its outputs on the test images overflow", o.lr)
     test_acc = accuracy(logits, test_labels)
+    train_set.skipped[:] = sorted(set(distributed.gather_list(train_set.skipped)))
     result = {"checkpoint": meta["path"], "data": train_set.name.rsplit(":", 1)[0], "train_images": len(train_set),
               "test_images": len(test_set), "epochs": o.epochs, "lr": o.lr, "batch_size": batch_size,
               "cached": spec.cached,
               "final_loss": loss.item(), "seconds": round(time.perf_counter() - t0, 2),
               "skipped_files": len(train_set.skipped) + len(test_set.skipped), **test_acc}
-    ckpt.save(out, {"probe.weight": classifier.weight, "probe.bias": classifier.bias},
-              {"kind": "linear-probe", "spec": spec.model_dump(mode="json"), "results": result,
-               "source_checkpoint": meta["path"], "classes": train_set.classes or list(range(classes)),
-               "feature_dim": meta["feature_dim"]})
+    distributed.on_main(lambda: ckpt.save(
+        out, {"probe.weight": classifier.weight, "probe.bias": classifier.bias},
+        {"kind": "linear-probe", "spec": spec.model_dump(mode="json"), "results": result,
+         "source_checkpoint": meta["path"], "classes": train_set.classes or list(range(classes)),
+         "feature_dim": meta["feature_dim"]}))
     result["probe"] = str(out)
     return result

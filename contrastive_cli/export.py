@@ -25,8 +25,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import distributed
 from .errors import UserError
-from .evaluate import feature_batches, load_encoder, open_data
+from .evaluate import features, load_encoder, open_data
 from .spec import ExportSpec
 from .runtime import default_workers, pick_device
 
@@ -47,14 +48,16 @@ def export(spec: ExportSpec) -> dict:
     ckpt.check_output(out, "--out", (source,), "export", spec.force, create_folders=False)
     if spec.format == "onnx":
         require_onnx()
-    device = pick_device(spec.runtime.device) if spec.embeddings else torch.device("cpu")
+    device = pick_device(distributed.device_for(spec.runtime.device)) if spec.embeddings else torch.device("cpu")
+    distributed.init(device)  # under torchrun (--embeddings only): each process embeds its share of the images
     backbone, meta = load_encoder(source, device)
     info = describe(meta, source, "embeddings" if spec.embeddings else "backbone")
     if spec.embeddings:
         summary = write_embeddings(spec, backbone, meta, info, out, device)
     else:
         summary = write_backbone(spec.format, backbone.cpu(), info, out)
-    return {"checkpoint": str(source), "format": spec.format, "out": str(out), "bytes": out.stat().st_size,
+    size = distributed.on_main(lambda: out.stat().st_size)  # written by rank 0
+    return {"checkpoint": str(source), "format": spec.format, "out": str(out), "bytes": size,
             "backbone": meta["backbone"]["name"], "feature_dim": meta["feature_dim"],
             "image_size": meta["image_size"], "normalize": meta["normalize"], **summary,
             "seconds": round(time.perf_counter() - t0, 2)}
@@ -174,27 +177,24 @@ def write_embeddings(spec: ExportSpec, backbone: nn.Module, meta: dict, info: di
     d = spec.data
     data = open_data(d, meta, d.split, spec.runtime.seed, d.subset)
     size = d.image_size or meta["image_size"]
-    parts = list(feature_batches(backbone, data, size, meta["normalize"], device, spec.runtime.batch_size,
-                                 default_workers(spec.runtime.workers)))
-    features = torch.cat([f for f, _, _ in parts])
-    rows = torch.cat([i for _, _, i in parts])
+    feats, labels, rows = features(backbone, data, size, meta["normalize"], device, spec.runtime.batch_size,
+                                   default_workers(spec.runtime.workers))
     index = rows if data.index is None else data.index[rows]  # positions in the whole split (before --subset)
-    labels = None if data.labels is None else torch.cat([y for _, y, _ in parts])
     files = None if data.files is None else [data.files[i] for i in rows.tolist()]
     info = {**info, "image_size": size,
             "data": {"name": data.name, "split": d.split, "fingerprint": data.fingerprint, "images": len(rows),
                      "skipped_files": len(data.skipped)},
             "classes": data.classes}
     if spec.format == "csv":
-        write(out, lambda tmp: write_csv(tmp, features, index, labels, data.classes, files))
+        distributed.on_main(lambda: write(out, lambda tmp: write_csv(tmp, feats, index, labels, data.classes, files)))
     else:
-        tensors = {"features": features, "indices": index}
+        tensors = {"features": feats, "indices": index}
         if labels is not None:
             tensors["labels"] = labels
         if files is not None:  # relative to one root keeps the header small (safetensors caps it at 100 MB)
             root = os.path.commonpath([os.path.dirname(f) for f in files])
             info |= {"root": root, "files": [os.path.relpath(f, root) for f in files]}
-        write(out, lambda tmp: save_file(tensors, tmp, metadata=as_strings(info)))
+        distributed.on_main(lambda: write(out, lambda tmp: save_file(tensors, tmp, metadata=as_strings(info))))
     return {"image_size": size, "data": data.name.rsplit(":", 1)[0], "split": d.split, "images": len(rows),
             "labels": labels is not None, "files": files is not None, "skipped_files": len(data.skipped)}
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -141,3 +142,39 @@ def test_sigterm_to_torchrun_stops_every_process_at_one_step_with_a_checkpoint(t
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
              if '"type"' not in line]
     assert ckpt.read_meta(out)["step"] == steps[-1] and steps == list(range(1, steps[-1] + 1))
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrained") / "run"
+    single("pretrain", "--method", "simclr", "--backbone", "small_cnn", "--subset", "256", "--batch-size", "64",
+           "--epochs", "1", "--monitor-images", "0", "--device", "cpu", "--out", out)
+    return out / "checkpoint.safetensors"
+
+
+def test_evaluations_share_their_feature_extraction_and_give_the_single_process_results(small_checkpoint, tmp_path):
+    """knn-eval, linear-probe (each process embeds its share of every augmented batch) and export --embeddings."""
+    knn = ["knn-eval", small_checkpoint, "--subset", "500", "--test-subset", "150", "--json"]
+    probe = ["linear-probe", small_checkpoint, "--subset", "256", "--test-subset", "150", "--epochs", "2",
+             "--batch-size", "64", "--json"]
+    embed = ["export", small_checkpoint, "--embeddings", "--split", "test", "--subset", "150", "--json"]
+    results = {}
+    for name, run in (("one", single), ("two", lambda *a: torchrun(*a).splitlines()[-1])):
+        results[name] = [json.loads(run(*knn).splitlines()[-1])]
+        results[name].append(json.loads(run(*probe, "--out", tmp_path / f"{name}.probe.safetensors").splitlines()[-1]))
+        run(*embed, "--out", tmp_path / f"{name}.embeddings.safetensors")
+    assert results["two"][0]["results"] == results["one"][0]["results"]  # the same bank and queries, in order
+    assert results["two"][1]["top1"] == results["one"][1]["top1"]
+    one, two = (load_file(tmp_path / f"{n}.probe.safetensors") for n in ("one", "two"))
+    for key in one:  # the same augmented batches: the same classifier (lr 30 amplifies float rounding)
+        torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-3)
+    one, two = (load_file(tmp_path / f"{n}.embeddings.safetensors") for n in ("one", "two"))
+    assert torch.equal(one["indices"], two["indices"]) and torch.equal(one["labels"], two["labels"])
+    torch.testing.assert_close(two["features"], one["features"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{n}.{kind}.safetensors" for n in ("one", "two") for kind in ("probe", "embeddings"))  # rank 0 wrote once
+
+
+def test_commands_that_do_not_shard_refuse_torchrun_with_a_message(small_checkpoint):
+    text = " ".join(torchrun("inspect-collapse", small_checkpoint, ok=False).replace("│", " ").split())
+    assert "inspect-collapse runs as one process" in text and "contrastive inspect-collapse" in text

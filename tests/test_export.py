@@ -20,7 +20,7 @@ from contrastive_cli import checkpoint as ckpt, synthetic
 from contrastive_cli.augment import center_view
 from contrastive_cli.cli import app
 from contrastive_cli.data import open_dataset
-from contrastive_cli.evaluate import extract, feature_batches, load_encoder
+from contrastive_cli.evaluate import extract, features, load_encoder
 from contrastive_cli.models import build_backbone
 from contrastive_cli.spec import PretrainSpec
 from contrastive_cli.train import prepare
@@ -239,9 +239,9 @@ def test_embeddings_of_an_unlabeled_folder_as_csv_and_safetensors_keep_file_path
     assert torch.equal(from_csv, tensors["features"])  # 9 significant digits round-trip float32 exactly
     backbone, meta = load_encoder(small, torch.device("cpu"))
     photos = open_dataset(str(folder), "test", image_size=meta["image_size"])
-    (features, labels, _), = feature_batches(backbone, photos, 32, meta["normalize"], torch.device("cpu"), 8, 0)
+    feats, labels, _ = features(backbone, photos, 32, meta["normalize"], torch.device("cpu"), 8, 0)
     assert labels is None
-    torch.testing.assert_close(tensors["features"], features, atol=ATOL, rtol=0)
+    torch.testing.assert_close(tensors["features"], feats, atol=ATOL, rtol=0)
 
 
 # ---- errors -------------------------------------------------------------------------------------------
