@@ -92,7 +92,7 @@ def benchmark(run: Run, steps: int, on_block: Optional[Callable[[str, int, int],
         synchronize(device)
         began = time.perf_counter()
         for _ in range(n):
-            optimisation_step(run, views, indices)
+            optimisation_step(run, [(views, indices)])
         synchronize(device)
         return time.perf_counter() - began
 

@@ -167,6 +167,12 @@ def default_patch_size(size: int) -> int:
 class OptimSpec(Spec):
     epochs: int = Field(100, ge=1, description="Number of epochs.")
     batch_size: int = Field(256, ge=2, description="Images per step (each gives one view per branch).")
+    accumulate_steps: int = Field(1, ge=1, description=(
+        "Split each step's batch into this many micro-batches, run one after another with their gradients summed "
+        "into one optimiser step: the memory of batch/N with the step count, lr and augmentations of the whole "
+        "batch. Not the same loss where images meet in the batch: in-batch negatives, batch norm and batch "
+        "statistics (Barlow Twins, VICReg, Sinkhorn, DINO's centre) see one micro-batch, queues and banks are fed "
+        "per micro-batch; use more processes (torchrun) for those."))
     optimizer: Optional[Literal["sgd", "adamw", "lars"]] = Field(None, description=(
         "Optimiser: SGD with momentum, AdamW, or LARS (SGD with momentum whose step for each weight matrix is "
         "scaled by the trust ratio eta x |w| / |g + wd w|; biases and norm weights are neither adapted nor decayed, "

@@ -61,6 +61,11 @@ class Run:
         return self.spec.optim.batch_size // distributed.world()
 
     @property
+    def micro_batch(self) -> int:
+        """This process's share of one of the --accumulate-steps micro-batches of a step."""
+        return self.local_batch // self.spec.optim.accumulate_steps
+
+    @property
     def steps_per_epoch(self) -> int:
         return len(self.data) // self.spec.optim.batch_size  # drop_last: every step sees a full batch
 
@@ -147,7 +152,7 @@ def interrupt_flag():
 # what may change when a run is resumed (given as flags): where and how it runs, and the lr and length of the run,
 # e.g. a lower --lr after a divergence, or more --epochs to extend a finished run (its schedule then stretches to
 # the new length); the rest is the run's identity and stays as it was started
-RESUMABLE = {"runtime": ("device", "workers", "amp", "checkpoint_every"), "optim": ("lr", "epochs"),
+RESUMABLE = {"runtime": ("device", "workers", "amp", "checkpoint_every"), "optim": ("lr", "epochs", "accumulate_steps"),
              "monitor": ("patience", "stop_on_collapse")}
 
 
@@ -180,6 +185,7 @@ def prepare(spec: PretrainSpec, resume: Optional[Path] = None, reporter=None) ->
     if spec.optim.batch_size % distributed.world():
         raise UserError(f"--batch-size {spec.optim.batch_size} (the global batch) cannot be shared equally by "
                         f"{distributed.world()} processes", f"pass a multiple of {distributed.world()}")
+    check_micro_batches(spec.optim.batch_size, spec.optim.accumulate_steps)
     torch.manual_seed(spec.runtime.seed)
     method = build_method(spec, DataFacts.of(data)).to(device)
     if distributed.world() > 1 and spec.runtime.sync_bn:
@@ -211,6 +217,15 @@ def data_parallel(method: Method, device: torch.device) -> torch.nn.Module:
     newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters  # newer torch's name for it
     return DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
                                    **({"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}))
+
+
+def check_micro_batches(batch: int, accumulate: int) -> None:
+    parts = accumulate * distributed.world()
+    if batch % parts or batch // parts < 2:
+        raise UserError(f"--batch-size {batch} cannot be split into --accumulate-steps {accumulate} equal micro-batches"
+                        + (f" on each of {distributed.world()} processes" if distributed.world() > 1 else "")
+                        + " of at least 2 images", f"pass a --batch-size that is a multiple of {parts} (at least "
+                        f"{2 * parts}), or fewer --accumulate-steps")
 
 
 def with_resumable(saved: PretrainSpec, given: PretrainSpec) -> PretrainSpec:
@@ -295,28 +310,35 @@ class Stopwatch:
         return self.start.elapsed_time(self.end) / 1000 if self.cuda else self.elapsed
 
 
-def optimisation_step(run: Run, views: list[torch.Tensor], indices: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Forward, loss check, backward, the method's pre-step hook, optimiser step and its post-step hook (momentum
-    updates) on views ready on the device: the model's share of a training step, and all of a model-only benchmark
-    step. Returns the method's outputs: 'loss' and the scalars it reports."""
-    progress = run.step / run.total_steps
-    with autocast(run.device, run.spec.runtime.amp):
-        out = run.model(views, indices, progress)
-    loss = out["loss"]
-    if distributed.any_rank(not torch.isfinite(loss), run.device):  # all processes stop together
-        raise TrainingStopped(
-            f"The loss became {loss.item() if not torch.isfinite(loss) else 'non-finite on another process'} at step {run.step + 1} (epoch {run.step // run.steps_per_epoch + 1}); "
-            "training stopped", "lower --lr or check the data; the last good checkpoint is kept"
-            + (f" at {run.checkpoint_path} (resume with --resume {run.dir} --lr LOWER)" if run.checkpoint_path.exists()
-               else ""),
-            exit_code=3)
+def optimisation_step(run: Run, micro_batches: list[tuple[list[torch.Tensor], torch.Tensor]]) -> dict[str, float]:
+    """Forward, loss check and backward of each micro-batch (views ready on the device, dataset indices; one unless
+    --accumulate-steps), then the method's pre-step hook, one optimiser step and its post-step hook (momentum
+    updates): the model's share of a training step, and all of a model-only benchmark step. Returns the method's
+    outputs ('loss' and the scalars it reports), averaged over the micro-batches."""
+    progress, parts = run.step / run.total_steps, len(micro_batches)
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    sums: dict = {}
+    for i, (views, indices) in enumerate(micro_batches):
+        last = i == parts - 1  # DDP averages the gradients across processes once, after the last micro-batch
+        with (nullcontext() if last or run.model is run.method else run.model.no_sync()):
+            with autocast(run.device, run.spec.runtime.amp):
+                out = run.model(views, indices, progress)
+            loss = out["loss"]
+            if distributed.any_rank(not torch.isfinite(loss), run.device):  # all processes stop together
+                raise TrainingStopped(
+                    f"The loss became {loss.item() if not torch.isfinite(loss) else 'non-finite on another process'} at step {run.step + 1} (epoch {run.step // run.steps_per_epoch + 1}); "
+                    "training stopped", "lower --lr or check the data; the last good checkpoint is kept"
+                    + (f" at {run.checkpoint_path} (resume with --resume {run.dir} --lr LOWER)" if run.checkpoint_path.exists()
+                       else ""),
+                    exit_code=3)
+            (loss / parts).backward()  # the summed gradients are those of the mean over the micro-batches
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + torch.as_tensor(v).detach().double() / parts
     check_gradients(run)
     run.method.before_optimizer_step(progress)
     run.optimizer.step()
     run.method.after_step((run.step + 1) / run.total_steps)
-    return out
+    return sums
 
 
 def log(run: Run, metrics_file, record: dict) -> None:
@@ -426,9 +448,19 @@ def train(run: Run, progress=None, on_step: Optional[Callable[[Run, dict], None]
                    if run.checkpoint_path.exists() else ""), exit_code=EXIT_PEER) from None
 
 
+def step_groups(batches, parts: int):
+    """Consecutive groups of `parts` micro-batches: one optimiser step's."""
+    group = []
+    for b in batches:
+        group.append(b)
+        if len(group) == parts:
+            yield group
+            group = []
+
+
 def training_loop(run: Run, progress, on_step, on_epoch) -> dict:
     s, method, device = run.spec, run.method, run.device
-    main, share, batch = distributed.is_main(), distributed.rank() * run.local_batch, s.optim.batch_size
+    main, batch, parts = distributed.is_main(), s.optim.batch_size, s.optim.accumulate_steps
     if main:
         write_spec(run)
     monitor = CollapseMonitor(run.data, run.spec, run.device) if s.monitor.images and main else None
@@ -446,31 +478,37 @@ def training_loop(run: Run, progress, on_step, on_epoch) -> dict:
         while run.step < run.total_steps:
             epoch, offset = divmod(run.step, run.steps_per_epoch)
             order = epoch_order(len(run.data), s.runtime.seed, epoch)[offset * batch:run.steps_per_epoch * batch]
-            order = order.view(-1, batch)[:, share:share + run.local_batch].reshape(-1)  # this process's share
+            # each step's batch: `parts` micro-batches one after another, each shared by the processes in rank order
+            order = order.view(-1, parts, distributed.world(), run.micro_batch)[:, :, distributed.rank()].reshape(-1)
             sums, steps, images, wait, augmenting, t_epoch = {}, 0, 0, 0.0, 0.0, time.perf_counter()
             t_ready = time.perf_counter()
-            for x, _, indices in run.data.batches(order, run.local_batch, workers=workers, drop_last=True):
-                x = x.to(device, non_blocking=True)
+            for step_batches in step_groups(run.data.batches(order, run.micro_batch, workers=workers, drop_last=True),
+                                            parts):
                 t_got = time.perf_counter()
                 wait += t_got - t_ready
-                seed_step(generator, s.runtime.seed, run.step)
                 lr = set_lr(run.optimizer, lr_factor(run.step, run.total_steps, warmup, s.optim.schedule, s.optim.milestones))
                 set_weight_decay(run.optimizer, s.optim, run.step, run.total_steps)
+                micro_batches = []
                 with Stopwatch(device) as augment:
-                    batch_views = [v(x, generator, rows=(share, batch)) for v in views]  # fp32, outside autocast
-                out = optimisation_step(run, batch_views, indices.to(device))
+                    for part, (x, _, indices) in enumerate(step_batches):
+                        x = x.to(device, non_blocking=True)
+                        seed_step(generator, s.runtime.seed, run.step)  # each view draws for the whole batch
+                        rows = (part * batch // parts + distributed.rank() * run.micro_batch, batch)
+                        micro_batches.append(([v(x, generator, rows=rows) for v in views],  # fp32, outside autocast
+                                              indices.to(device)))
+                out = optimisation_step(run, micro_batches)
+                local_images = sum(len(indices) for _, indices in micro_batches)
                 # the step's scalars as means over the processes
-                scalars = dict(zip(out, distributed.mean_of(torch.stack([
-                    torch.as_tensor(v, dtype=torch.float64, device=device).detach() for v in out.values()])).tolist()))
+                scalars = dict(zip(out, distributed.mean_of(torch.stack(list(out.values())).to(device)).tolist()))
                 run.step += 1
                 steps += 1
                 for k, v in scalars.items():
                     sums[k] = sums.get(k, 0.0) + v
                 t_done = time.perf_counter()
-                images += len(x) * distributed.world()
+                images += local_images * distributed.world()
                 augmenting += augment.seconds()
                 record = {"step": run.step, "epoch": epoch + 1, **scalars, "lr": lr,
-                          "images_per_s": len(x) * distributed.world() / (t_done - t_ready), "data_wait": t_got - t_ready,
+                          "images_per_s": local_images * distributed.world() / (t_done - t_ready), "data_wait": t_got - t_ready,
                           "augment": augment.seconds()}
                 log(run, metrics_file, record)
                 if progress is not None:

@@ -95,3 +95,48 @@ def test_truncated_and_foreign_checkpoints_are_rejected(tmp_path):
         ckpt.read_meta(foreign)
     with pytest.raises(UserError, match="linear-probe checkpoint"):
         ckpt.read_meta(run.checkpoint_path, kinds=("linear-probe",))
+
+
+class Regression(torch.nn.Module):
+    """A model whose images never meet in the batch (no batch norm, no negatives): what accumulation is exact for."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(3 * 32 * 32, 1)
+
+    def forward(self, views, indices, progress):
+        return {"loss": (self.linear(views[0].flatten(1)) - views[1].mean(dim=(1, 2, 3))[:, None]).pow(2).mean()}
+
+    def before_optimizer_step(self, progress):
+        pass
+
+    def after_step(self, progress):
+        pass
+
+
+def test_accumulated_micro_batches_take_the_step_of_the_whole_batch(tmp_path):
+    """--accumulate-steps K: K micro-batches of B/K, one after another, sum to the gradient of the batch B and take
+    one optimiser step, for a model whose images do not interact in the batch."""
+    from contrastive_cli.train import optimisation_step
+    steps = {}
+    for parts in (1, 4):
+        run = prepare(tiny_spec(tmp_path / str(parts), "simclr", accumulate_steps=parts))
+        run.method = run.model = Regression()
+        run.optimizer = torch.optim.SGD(run.method.parameters(), lr=0.1, momentum=0.9)
+        g = torch.Generator().manual_seed(1)
+        views, indices = [torch.randn(32, 3, 32, 32, generator=g) for _ in range(2)], torch.arange(32)
+        micro = [([v[i:i + 32 // parts] for v in views], indices[i:i + 32 // parts]) for i in range(0, 32, 32 // parts)]
+        out = optimisation_step(run, micro)
+        steps[parts] = (out["loss"].item(), run.method.linear.weight.detach().clone())
+    assert steps[4][0] == pytest.approx(steps[1][0], rel=1e-6)  # the mean of the micro-batch losses
+    torch.testing.assert_close(steps[4][1], steps[1][1])
+
+
+def test_accumulation_keeps_the_step_count_lr_and_batch_and_splits_only_where_it_can(tmp_path):
+    stats = train(prepare(tiny_spec(tmp_path, "byol", accumulate_steps=2)))
+    records = [r for r in map(__import__("json").loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+               if "type" not in r]
+    assert [r["step"] for r in records] == list(range(1, 10)) and stats["loss"] > 0  # 96 images / 32 per step x 3
+    with pytest.raises(UserError, match="cannot be split into --accumulate-steps 3"):
+        prepare(tiny_spec(tmp_path / "odd", "byol", accumulate_steps=3))
