@@ -2,7 +2,7 @@
 launcher of our own. One process per device; torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, the
 rendezvous) says who is who. Outside torchrun every helper here is the identity and a run is one process.
 
-What a method gathers or reduces lives in the method (losses.gather_rows, losses.all_reduce); the loop only
+What a method gathers or reduces lives in the method (losses.gather, losses.all_reduce); the loop only
 shards the data, averages gradients (DistributedDataParallel) and lets rank 0 write.
 """
 

@@ -35,6 +35,17 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
+def gathered_rank() -> int:
+    """This process's place in what `gather` returns (its rows start at gathered_rank() x its batch); 0 unless
+    gathering."""
+    return torch.distributed.get_rank() if gathering() else 0
+
+
+def gathered_world() -> int:
+    """How many processes' rows `gather` returns: the world size, 1 unless gathering."""
+    return torch.distributed.get_world_size() if gathering() else 1
+
+
 def global_mean(x: torch.Tensor) -> torch.Tensor:
     """The mean of x over the global batch (processes hold equal shares); no gradient."""
     mean = x.detach().mean()
@@ -46,7 +57,7 @@ def global_mean(x: torch.Tensor) -> torch.Tensor:
 
 def my_rows(total: int, local: int) -> slice:
     """Where this process's `local` rows sit among `total` drawn for the global batch (all of them on one process)."""
-    start = rank_and_world()[0] * local if gathering() else 0
+    start = gathered_rank() * local
     return slice(start, start + local) if total > local else slice(0, local)
 
 
@@ -76,7 +87,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float,
     z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
     columns = torch.cat([gather(z1), gather(z2)], dim=0)  # [2N, d]: all first views, then all second views
     n, big_n = len(z1), len(columns) // 2
-    first = torch.arange(n, device=z1.device) + (rank_and_world()[0] * n if gathering() else 0)  # own columns
+    first = torch.arange(n, device=z1.device) + gathered_rank() * n  # own columns
     own = torch.cat([first, first + big_n])  # each anchor's own column, masked out
     positive = torch.cat([first + big_n, first])  # the other view of the same image
     if extra_negatives is not None:
@@ -182,22 +193,13 @@ def vicreg(z1: torch.Tensor, z2: torch.Tensor, invariance_weight: float, varianc
     return loss, invariance, variance, covariance
 
 
-def rank_and_world() -> tuple[int, int]:
-    """This process's rank and the number of processes under torch.distributed ((0, 1) otherwise): where a
-    process's rows sit in what `gather` returns."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return 0, 1
-    return torch.distributed.get_rank(), torch.distributed.get_world_size()
-
-
 def in_batch_infonce(anchors: torch.Tensor, candidates: torch.Tensor, temperature: float) -> torch.Tensor:
     """Cross-entropy of cos(anchor_i, candidate_j)/T over the (all-gathered) candidates, anchor i's positive being
     candidate i of its own process: -(1/N) Σ_i log softmax_j(â_i·ĉ_j/T)[i]. One view order of MoCo v3's ctr and of
     NNCLR's Eq. 2; gradients reach the anchors and this process's candidates."""
     anchors, candidates = F.normalize(anchors, dim=1), gather(F.normalize(candidates, dim=1))
     logits = anchors @ candidates.T / temperature
-    rank = rank_and_world()[0] if gathering() else 0
-    positives = torch.arange(len(anchors), device=anchors.device) + rank * len(anchors)
+    positives = torch.arange(len(anchors), device=anchors.device) + gathered_rank() * len(anchors)
     return F.cross_entropy(logits, positives)
 
 

@@ -11,8 +11,9 @@ def decay_groups(params: list, lr: float, o, **extra) -> list[dict]:
     weights from decay (o.exclude_bias_norm_wd), the matrices with it and the vectors without."""
     split = ([p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]) \
         if o.exclude_bias_norm_wd else (params, [])
-    return [{"params": ps, "weight_decay": wd, "base_wd": wd, "base_lr": lr, "lr": lr, "fixed_lr": False, **extra}
-            for ps, wd in zip(split, (o.weight_decay, 0.0)) if ps]
+    ratios = (1.0, getattr(o, "bias_lr_ratio", None) or 1.0)  # Barlow Twins gives biases and norms a smaller lr
+    return [{"params": ps, "weight_decay": wd, "base_wd": wd, "base_lr": lr * r, "lr": lr * r, "fixed_lr": False,
+             **extra} for ps, wd, r in zip(split, (o.weight_decay, 0.0), ratios) if ps]
 
 
 def param_groups(method_groups: list[dict], o) -> list[dict]:

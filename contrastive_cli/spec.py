@@ -194,6 +194,9 @@ class OptimSpec(Spec):
         "For the step schedule: fractions of training at which the lr is multiplied by 0.1."))
     exclude_bias_norm_wd: Optional[bool] = Field(None, description=(
         "Exclude biases and normalisation parameters from weight decay."))
+    bias_lr_ratio: Optional[float] = Field(None, gt=0, description=(
+        "The lr of biases and normalisation parameters as a fraction of --lr, where they are excluded from weight "
+        "decay (Barlow Twins: 0.0048 / 0.2) [default: the recipe's, else 1]."))
 
     @field_validator("milestones")
     @classmethod
@@ -537,6 +540,7 @@ def resolve_pretrain(spec: PretrainSpec, image_size: int, n_images: int, channel
         backbone["depth"] = backbone["depth"] or 12
     if optim["weight_decay_end"] is None:
         optim["weight_decay_end"] = optim["weight_decay"]
+    optim["bias_lr_ratio"] = optim["bias_lr_ratio"] or 1.0
     augment["local_crops"] = augment["local_crops"] or 0
     data["runtime"]["sync_bn"] = bool(data["runtime"]["sync_bn"])  # off unless the recipe or the flag turns it on
     augment["local_crop_scale"] = augment["local_crop_scale"] or (0.05, 0.4)

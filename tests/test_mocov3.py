@@ -60,7 +60,7 @@ def test_gathered_keys_put_each_query_s_positive_at_its_rank_s_offset(monkeypatc
     q, k_local, k_other = torch.randn(4, 8), torch.randn(4, 8), torch.randn(8, 8)
     others = F.normalize(k_other, dim=1)  # what ranks 0 and 2 contribute, normalised there
     monkeypatch.setattr(losses, "gather", lambda x: torch.cat([others[:4], x, others[4:]]))
-    monkeypatch.setattr(losses, "rank_and_world", lambda: (1, 3))
+    monkeypatch.setattr(losses, "gathered_rank", lambda: 1)
     monkeypatch.setattr(losses, "gathering", lambda: True)
     everything = torch.cat([k_other[:4], k_local, k_other[4:]])
     assert torch.allclose(mocov3_ctr(q, k_local, 0.2), direct_ctr(q, everything, 0.2, offset=4), atol=1e-5)

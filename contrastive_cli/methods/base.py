@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import ViewAugment
-from ..losses import gather, gathering, global_mean, my_rows, rank_and_world
+from ..losses import gather, global_mean, my_rows, gathered_world
 from ..models import build_backbone
 from . import SPECS
 from .fields import DataFacts
@@ -226,7 +226,7 @@ class MemoryBank(nn.Module):
     def sample(self, indices: torch.Tensor, negatives: int) -> torch.Tensor:
         """[B, 1+K] bank rows: each image's own entry first, then K drawn uniformly (with replacement, as in the
         official code) from the CPU generator, which checkpoints save."""
-        batch = len(indices) * (rank_and_world()[1] if gathering() else 1)  # drawn for the global batch, so a
+        batch = len(indices) * gathered_world()  # drawn for the global batch, so a
         noise = torch.randint(0, len(self.features), (batch, negatives))[my_rows(batch, len(indices))]  # row's
         return torch.cat([indices[:, None], noise.to(indices.device)], dim=1)  # noise is the same at any world size
 

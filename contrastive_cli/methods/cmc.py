@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import ViewAugment
-from ..losses import gather, gathering, global_mean, mi_bound, nce, rank_and_world
+from ..losses import gather, global_mean, mi_bound, nce, gathered_rank, gathered_world
 from ..models import SmallCNN, build_backbone
 from .base import MemoryBank, Method
 
@@ -157,10 +157,10 @@ class CMC(Method):
         s = self.spec
         if s.contrast == "in-batch":  # each anchor's positive is its own image's other view; the batch's are negatives
             # each process's anchors against the global batch's other view (gathered under torchrun)
-            target = torch.arange(len(z_l), device=z_l.device) + (rank_and_world()[0] * len(z_l) if gathering() else 0)
+            target = torch.arange(len(z_l), device=z_l.device) + gathered_rank() * len(z_l)
             loss_l = F.cross_entropy(z_l @ gather(z_ab).T / s.temperature, target)
             loss_ab = F.cross_entropy(z_ab @ gather(z_l).T / s.temperature, target)
-            readout = mi_bound((loss_l + loss_ab) / 2, len(z_l) * (rank_and_world()[1] if gathering() else 1))
+            readout = mi_bound((loss_l + loss_ab) / 2, len(z_l) * gathered_world())
         else:
             rows = self.l_bank.sample(indices, s.negatives)  # the same draws for both directions, as in the code
             loss_l = self.bank_loss(z_l, self.ab_bank, rows)  # L anchors against the ab memory

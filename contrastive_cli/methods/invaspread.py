@@ -5,7 +5,7 @@ image gives two augmented views; every view must recognise its sibling among the
 import torch
 import torch.nn.functional as F
 
-from ..losses import gather, gathering, mi_bound, rank_and_world
+from ..losses import gather, mi_bound, gathered_rank
 from ..models import Layer, mlp
 from .base import Method
 
@@ -23,7 +23,7 @@ def invariance_spreading_loss(z: torch.Tensor, temperature: float) -> tuple[torc
     n = len(z) // 2
     columns = torch.cat([gather(half.detach()) for half in z.chunk(2)])  # all first views, then all second views
     big_n = len(columns) // 2
-    first = torch.arange(n, device=z.device) + (rank_and_world()[0] * n if gathering() else 0)
+    first = torch.arange(n, device=z.device) + gathered_rank() * n
     own, sibling = torch.cat([first, first + big_n]), torch.cat([first + big_n, first])
     rows = torch.arange(2 * n, device=z.device)
     self_mask = torch.zeros(2 * n, 2 * big_n, dtype=torch.bool, device=z.device)

@@ -4,7 +4,7 @@ other view, produced by a momentum encoder, and a FIFO queue of past keys as neg
 import torch
 import torch.nn.functional as F
 
-from ..losses import gather, gathering, info_nce, mi_bound, rank_and_world
+from ..losses import gather, info_nce, mi_bound, gathered_rank
 from ..models import Layer, mlp, split_batchnorm
 from .base import KeyQueue, Method, momentum_copy
 
@@ -33,7 +33,7 @@ class MoCoV2(Method):
         # cannot tell which key is the positive. Under torchrun the whole batch is shuffled across processes, as
         # the official batch_shuffle_ddp; every process draws the same permutation from the global generator,
         # which is seeded alike and saved in checkpoints, so resume stays exact.
-        everything, rank = gather(x), rank_and_world()[0] if gathering() else 0
+        everything, rank = gather(x), gathered_rank()
         shuffle = torch.randperm(len(everything)).to(x.device)
         mine = shuffle[rank * len(x):(rank + 1) * len(x)]
         keys = gather(F.normalize(self.momentum_projector(self.momentum_backbone(everything[mine])), dim=1))

@@ -5,7 +5,7 @@ for ViTs a frozen random patch projection."""
 import torch
 from torch import nn
 
-from ..losses import mi_bound, mocov3_ctr, rank_and_world
+from ..losses import mi_bound, mocov3_ctr, gathered_world
 from ..models import Layer, mlp
 from .base import Method, cosine_momentum, momentum_copy
 
@@ -50,4 +50,4 @@ class MoCoV3(Method):
         t = self.spec.temperature
         loss = mocov3_ctr(q1, k2, t) + mocov3_ctr(q2, k1, t)
         # the readout of one direction, without the 2τ scale: each query scores its key among the global batch's
-        return {"loss": loss, **mi_bound(loss / (4 * t), len(k1) * rank_and_world()[1])}
+        return {"loss": loss, **mi_bound(loss / (4 * t), len(k1) * gathered_world())}

@@ -5,7 +5,7 @@ neighbour of view 1 must pick out the prediction of view 2 of the same image amo
 import torch
 import torch.nn.functional as F
 
-from ..losses import gather, in_batch_infonce, mi_bound, rank_and_world
+from ..losses import gather, in_batch_infonce, mi_bound, gathered_world
 from ..models import Layer, mlp
 from .base import KeyQueue, Method
 
@@ -54,7 +54,7 @@ class NNCLR(Method):
         nn2, similarity2, _ = self.support.nearest(z2)
         t = self.spec.temperature
         loss = (in_batch_infonce(nn1, p2, t) + in_batch_infonce(nn2, p1, t)) / 2
-        out = {"loss": loss, **mi_bound(loss, len(p1) * rank_and_world()[1]),
+        out = {"loss": loss, **mi_bound(loss, len(p1) * gathered_world()),
                "nn_similarity": (similarity1.mean() + similarity2.mean()) / 2}
         if indices is not None:  # the share of view-1 neighbours that are an earlier view of the same image
             out["nn_same_image"] = (self.support.images[slot1] == indices.to(slot1.device)).float().mean()
