@@ -49,22 +49,27 @@ class LARS(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad
-                if p.ndim > 1:
-                    d = d.add(p, alpha=group["weight_decay"])
-                    w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
-                    one = torch.ones_like(w_norm)
-                    trust = torch.where((w_norm > 0) & (d_norm > 0), group["eta"] * w_norm / d_norm, one)
-                    d = d.mul(trust)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            # one fused op per stage for all the group's tensors, not a loop of small ops per parameter
+            steps = [p.grad if p.ndim <= 1 else p.grad.add(p, alpha=group["weight_decay"]) for p in params]
+            matrices = [i for i, p in enumerate(params) if p.ndim > 1]
+            if matrices:
+                w_norms = torch.stack(torch._foreach_norm([params[i] for i in matrices]))
+                d_norms = torch.stack(torch._foreach_norm([steps[i] for i in matrices]))
+                trust = torch.where((w_norms > 0) & (d_norms > 0), group["eta"] * w_norms / d_norms,
+                                    torch.ones_like(w_norms))
+                torch._foreach_mul_([steps[i] for i in matrices], list(trust.unbind()))
+            buffers = []
+            for p, d in zip(params, steps):
                 state = self.state[p]
                 if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = d.clone()
-                else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(d)
-                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buffers.append(state["momentum_buffer"])
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, steps)
+            torch._foreach_add_(params, buffers, alpha=-group["lr"])
         return loss
 
 

@@ -1,6 +1,7 @@
 """LARS as SimCLR, BYOL and Barlow Twins run it: each weight matrix steps by the trust ratio η·‖w‖/‖g + wd·w‖ times
 its gradient (plus decay), with SGD momentum; biases and norm weights are plain momentum SGD without decay."""
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -67,3 +68,31 @@ def test_pretraining_with_lars_runs_and_resumes(tmp_path):
     from contrastive_cli import checkpoint as ckpt
     meta = ckpt.read_meta(tmp_path / "r")
     assert meta["spec"]["optim"]["optimizer"] == "lars" and meta["step"] == 4
+
+
+def test_the_large_image_recipes_use_lars_where_their_papers_do():
+    """ImageNet-size images: LARS for SimCLR, BYOL, MoCo v3 (ResNet), SwAV, Barlow Twins (biases and BN at 0.0048 /
+    0.2 of the lr) and VICReg; small images keep their measured SGD/AdamW settings; a ViT keeps MoCo v3's AdamW."""
+    from contrastive_cli.spec import PretrainSpec, resolve_pretrain
+
+    def optim(method, size, backbone="resnet18"):
+        spec = PretrainSpec.model_validate({"method": {"name": method}, "backbone": {"name": backbone}})
+        return resolve_pretrain(spec, size, 100000).optim
+
+    papers = {"simclr": 0.3, "byol": 0.45, "mocov3": 0.6, "swav": 0.6, "barlowtwins": 0.2, "vicreg": 0.2}
+    for method, lr in papers.items():
+        large, small = optim(method, 224), optim(method, 32)
+        assert (large.optimizer, large.lr, large.lars_eta) == ("lars", lr, 0.001), method
+        assert small.optimizer in ("sgd", "adamw"), method
+    assert optim("barlowtwins", 224).bias_lr_ratio == 0.024 and optim("simclr", 224).bias_lr_ratio == 1.0
+    assert optim("mocov3", 224, "vit_small").optimizer == "adamw"
+
+
+def test_biases_and_norms_take_their_fraction_of_the_lr():
+    from types import SimpleNamespace
+    from contrastive_cli.optim import decay_groups
+    layer = torch.nn.Linear(4, 4)
+    o = SimpleNamespace(exclude_bias_norm_wd=True, weight_decay=1e-6, bias_lr_ratio=0.024)
+    matrices, vectors = decay_groups(list(layer.parameters()), 0.4, o)
+    assert (matrices["lr"], matrices["weight_decay"]) == (0.4, 1e-6)
+    assert vectors["lr"] == pytest.approx(0.4 * 0.024) and vectors["weight_decay"] == 0.0
