@@ -147,15 +147,20 @@ class TrainProgress:
                         lr=record["lr"], ips=images_per_s, scalars=method_scalars(record))
 
     def epoch(self, run, stats):
-        """One line per epoch with the collapse monitor's figures; a visible warning on collapse."""
-        c = stats.get("collapse")
-        if c is None:
+        """One line per epoch with the online kNN and the collapse monitor's figures; a visible warning on
+        collapse."""
+        c, knn = stats.get("collapse"), stats.get("knn")
+        if c is None and knn is None:
             return
         figures = "  ".join(f"{name} spread {r['spread']:.2f} rank {r['rank']:.0f}"
-                            for name, r in c.items() if isinstance(r, dict))
+                            for name, r in (c or {}).items() if isinstance(r, dict))
+        if knn is not None:
+            top1 = "/".join(f"{v:.1f}" for key, v in knn.items() if key.startswith("top1_k"))
+            ks = "/".join(key.removeprefix("top1_k") for key in knn if key.startswith("top1_k"))
+            figures = f"kNN top-1 {top1} (k={ks}, {knn['seconds']:.1f} s)  " + figures
         if not self.quiet:
             console.print(f"epoch {stats['epoch']}: loss {stats['loss']:.4f}  {stats['images_per_s']:.0f} img/s  {figures}")
-        if c["alarm"]:
+        if c is not None and c["alarm"]:
             (errors if self.quiet else console).print(Panel(f"{c['verdict']} after epoch {stats['epoch']}: {c['reason']}", title="Collapse",
                                 border_style="yellow", title_align="left"))
 

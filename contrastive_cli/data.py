@@ -473,6 +473,23 @@ def _held_out(rel: str) -> float:
     return int(hashlib.md5(rel.encode()).hexdigest()[:8], 16) / 2 ** 32
 
 
+def labelled_split_sizes(source: str, root: Optional[Path] = None,
+                         classes: Optional[list[str]] = None) -> Optional[tuple[int, int]]:
+    """(train, test) image counts when `source` has labelled train and test splits, else None. A folder is listed,
+    not decoded (open_dataset decodes folders of up to IN_MEMORY_LIMIT images)."""
+    try:
+        if source in NAMED or classes:
+            sets = [open_dataset(source, split, root=root, classes=classes) for split in ("train", "test")]
+            labelled = [(len(s), s.labels is not None) for s in sets]
+        else:
+            labelled = [(len(found), labels is not None)
+                        for _, found, labels, _, _ in (_folder_split(_existing_folder(source), split)
+                                                       for split in ("train", "test"))]
+    except (UserError, OSError, ValueError):
+        return None
+    return tuple(n for n, _ in labelled) if all(ok and n for n, ok in labelled) else None
+
+
 def _folder_split(folder: Path, split: Split):
     """(folder the paths are relative to, [(rel, bytes)], labels or None, classes or None, split name)."""
     with _listing(folder) as entries:

@@ -13,11 +13,11 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import distributed
 from .augment import center_view, crop_flip_view
-from .data import ImageSet, open_dataset
+from .data import ImageSet, labelled_split_sizes, open_dataset
 from .errors import UserError
 from .methods.base import build_encoder
 from .optim import decay_groups, lr_factor, make_optimizer, set_lr
-from .spec import DataSpec, EvalDataSpec, KnnSpec, LinearProbeSpec
+from .spec import DataSpec, EvalDataSpec, EvalRuntimeSpec, KnnSpec, LinearProbeSpec
 from .runtime import default_workers, epoch_order, pick_device, seed_step
 
 
@@ -236,3 +236,63 @@ def linear_probe(spec: LinearProbeSpec, progress=None) -> dict:
          "feature_dim": meta["feature_dim"]}))
     result["probe"] = str(out)
     return result
+
+
+# ---- online kNN while pretraining -----------------------------------------------------------------
+
+ONLINE_SHARE = 0.05  # of an epoch's compute that the automatic online kNN may take
+MIN_ONLINE_BANK = 500  # fewer bank images make a kNN figure too noisy to follow
+
+
+def resolve_online_knn(spec, images: int):
+    """The spec with the online kNN's None fields filled: on every epoch with subsets sized to about 5% of an
+    epoch's compute (a forward of a bank or query image costs about a third of a view's forward and backward) when
+    the data has labelled train and test splits and the bank reaches MIN_ONLINE_BANK images; off otherwise."""
+    m = spec.monitor
+    if m.eval_every is not None and m.knn_bank is not None and m.knn_queries is not None or m.eval_every == 0:
+        return spec
+    splits = labelled_split_sizes(spec.data.source, spec.data.root, spec.data.classes)  # (train, test) images
+    views = 2 + spec.augment.local_crops * (spec.augment.local_crop_size or spec.data.image_size) ** 2 \
+        / spec.data.image_size ** 2
+    budget = ONLINE_SHARE * 3 * views * images
+    bank = m.knn_bank or int(min(10000, 0.8 * budget))
+    every = m.eval_every if m.eval_every is not None else (1 if splits and bank >= MIN_ONLINE_BANK else 0)
+    if every and splits is None:
+        raise UserError(f"--eval-every {every}: the online kNN needs labelled train and test splits, and "
+                        f"{spec.data.source} has none", "pass --eval-every 0, or pretrain on a labelled dataset")
+    if every:
+        bank = min(bank, splits[0])
+        queries = min(m.knn_queries or max(1, min(2000, bank // 4)), splits[1])
+    else:
+        queries = m.knn_queries or max(1, bank // 4)
+    return spec.model_copy(update={"monitor": m.model_copy(update={
+        "eval_every": every, "knn_bank": bank, "knn_queries": queries})})
+
+
+class OnlineKnn:
+    """Weighted kNN top-1 of the method's exported encoder on fixed subsets (drawn with the run's seed, so a resumed
+    run and `knn-eval --subset BANK --test-subset QUERIES` see the same images), centre views in eval mode: the
+    training state and its RNG are untouched. Under torchrun every process embeds its share."""
+
+    def __init__(self, spec, device: torch.device, norm: dict):
+        """`norm`: the pretraining data's {mean, std}, which the checkpoint records and every evaluation uses."""
+        m, d = spec.monitor, spec.data
+        self.sets = [open_dataset(d.source, split, root=d.root, image_size=d.image_size, classes=d.classes,
+                                  subset=size, seed=spec.runtime.seed)
+                     for split, size in (("train", m.knn_bank), ("test", m.knn_queries))]
+        self.spec, self.device, self.norm = spec, device, norm
+        self.classes = num_classes(*self.sets)
+
+    @torch.no_grad()
+    def __call__(self, method) -> dict:
+        t0 = time.perf_counter()
+        encoder = method.exported_encoder()
+        training = encoder.training
+        encoder.eval()
+        batch = EvalRuntimeSpec().batch_size  # knn-eval's feature batch: the same features to the last bit
+        (bank, bank_labels), (queries, labels) = (
+            extract(encoder, s, self.spec.data.image_size, self.norm, self.device, batch, 0) for s in self.sets)
+        encoder.train(training)
+        m = self.spec.monitor
+        results = weighted_knn(bank, bank_labels, queries, labels, list(m.knn_k), m.knn_temperature, self.classes)
+        return {**{f"top1_k{k}": r["top1"] for k, r in results.items()}, "seconds": round(time.perf_counter() - t0, 3)}

@@ -262,6 +262,17 @@ class MonitorSpec(CollapseThresholds):
         "thresholds for this many epochs in a row; a single early dip is logged but not alarmed."))
     stop_on_collapse: bool = Field(False, description=(
         "End the run, with a checkpoint, when the monitor sees collapse (exit code 4)."))
+    eval_every: Optional[int] = Field(None, ge=0, description=(
+        "Online evaluation: weighted kNN of the encoder every this many epochs (and after the last), on fixed "
+        "subsets of the data's labelled train split (bank) and test split (queries); 0: off [default: every epoch "
+        "when the data has labelled train and test splits and the subsets, sized to cost about 5% of an epoch, "
+        "hold at least 500 bank images; else off]."))
+    knn_bank: Optional[int] = Field(None, ge=1, description=(
+        "Online kNN: bank images from the train split [default: sized to about 5% of an epoch, at most 10000]."))
+    knn_queries: Optional[int] = Field(None, ge=1, description=(
+        "Online kNN: query images from the test split [default: a quarter of the bank, at most 2000]."))
+    knn_k: tuple[int, ...] = Field((20, 200), min_length=1, description="Online kNN: neighbours voting (each k).")
+    knn_temperature: float = Field(0.1, gt=0, description="Online kNN: temperature T of the vote weights exp(s/T).")
 
 
 # ---- methods: each method's spec lives beside its module (methods/<name>_spec.py), found by the registry ----

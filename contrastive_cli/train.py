@@ -27,6 +27,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .checkpoint import load_state, state_tensors
 from .collapse import CollapseMonitor
+from .evaluate import OnlineKnn, resolve_online_knn
 from .data import ImageSet, native_size, open_dataset
 from .errors import UserError
 from .methods.base import Method, build_method, encoder_record
@@ -175,7 +176,7 @@ def prepare(spec: PretrainSpec, resume: Optional[Path] = None, reporter=None) ->
     image_size = d.image_size or native_size(d.source, d.root)
     data = open_dataset(d.source, "pretrain", root=d.root, download=d.download, strict=d.strict,
                         subset=d.subset, seed=spec.runtime.seed, image_size=image_size, classes=d.classes)
-    spec = resolve_pretrain(spec, image_size, len(data), data.channels)
+    spec = resolve_online_knn(resolve_pretrain(spec, image_size, len(data), data.channels), len(data))
     if resume is not None and data.fingerprint != meta["data"]["fingerprint"]:
         raise UserError(f"The data of {d.source} differs from the data this run was started on "
                         f"(fingerprint {data.fingerprint} vs {meta['data']['fingerprint']})",
@@ -464,6 +465,8 @@ def training_loop(run: Run, progress, on_step, on_epoch) -> dict:
     if main:
         write_spec(run)
     monitor = CollapseMonitor(run.data, run.spec, run.device) if s.monitor.images and main else None
+    online_knn = OnlineKnn(s, device, {"mean": list(run.data.mean), "std": list(run.data.std)}) \
+        if s.monitor.eval_every else None  # every process: they share the feature extraction
     views = method.views(s.augment, s.data.image_size, run.data.mean, run.data.std)
     generator = torch.Generator(device=device)
     warmup = round(s.optim.warmup_epochs * run.steps_per_epoch)
@@ -528,6 +531,8 @@ def training_loop(run: Run, progress, on_step, on_epoch) -> dict:
                            "seconds": elapsed, "skipped_files": len(run.data.skipped)}
             if monitor is not None:
                 epoch_stats["collapse"] = monitor(method)
+            if online_knn is not None and ((epoch + 1) % s.monitor.eval_every == 0 or run.step >= run.total_steps):
+                epoch_stats["knn"] = online_knn(method)
             run.last_metrics = epoch_stats
             log(run, metrics_file, {"type": "epoch", **epoch_stats})
             if on_epoch is not None:

@@ -112,13 +112,13 @@ def test_last_layer_is_weight_normalised_with_unit_gain_and_frozen_in_the_first_
     assert last(z).abs().max() <= 1 + 1e-6
     v0, mlp0 = last.weight_v.clone(), run.method.head.mlp[0].weight.clone()
     views, indices = batch_views(run)
-    optimisation_step(run, views, indices)  # step 0 of 2 per epoch: epoch 1
+    optimisation_step(run, [(views, indices)])  # step 0 of 2 per epoch: epoch 1
     run.step += 1
-    optimisation_step(run, views, indices)
+    optimisation_step(run, [(views, indices)])
     assert torch.equal(last.weight_v, v0) and last.weight_v.grad is None  # not even weight decay touched it
     assert not torch.equal(run.method.head.mlp[0].weight, mlp0)  # while the rest of the head learned
     run.step += 1
-    optimisation_step(run, views, indices)  # epoch 2
+    optimisation_step(run, [(views, indices)])  # epoch 2
     assert not torch.equal(last.weight_v, v0)
     assert torch.equal(last.weight_g, torch.ones(64, 1))  # g stays 1
     trained_gain = tiny_run(tmp_path / "b", norm_last_layer=False).method.head.last_layer.weight_g
@@ -158,7 +158,7 @@ def test_the_teacher_is_what_checkpoints_export(tmp_path):
     assert m.exported_encoder() is m.teacher_backbone
     views, indices = batch_views(run)
     for step in range(3):  # the student moves by SGD, the teacher by EMA: they differ
-        optimisation_step(run, views, indices)
+        optimisation_step(run, [(views, indices)])
         run.step += 1
     path = run.save()
     exported, _ = ckpt.load(path, prefix="backbone.")

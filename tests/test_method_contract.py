@@ -76,7 +76,7 @@ def test_momentum_networks_get_no_gradient_and_move_only_by_ema(tmp_path, name, 
     targets = [p for _, target in run.method.momentum_pairs() for p in target.parameters()]
     assert all(not p.requires_grad for p in targets)
     views, indices = one_batch(run)
-    optimisation_step(run, views, indices)
+    optimisation_step(run, [(views, indices)])
     assert all(p.grad is None for p in targets)
 
 

@@ -117,11 +117,11 @@ def test_prototypes_stay_unit_norm_and_are_frozen_for_the_first_epoch(tmp_path):
     views, indices = views_of(run)
     for step in range(3):
         run.step = step
-        optimisation_step(run, views, indices)
+        optimisation_step(run, [(views, indices)])
         assert torch.allclose(prototypes, start, atol=1e-6), f"prototypes moved at step {step}"
     assert not torch.equal(next(run.method.backbone.parameters()), backbone)  # the rest of the network trains
     run.step = 3
-    optimisation_step(run, views, indices)
+    optimisation_step(run, [(views, indices)])
     assert not torch.allclose(prototypes, start, atol=1e-4)  # released after an epoch
     assert torch.allclose(prototypes.norm(dim=1), torch.ones(16), atol=1e-6)  # and back on the sphere
 
