@@ -133,7 +133,7 @@ def test_evaluation_needs_labels(in_tmp, pretrained):
 
 def test_resume_refuses_spec_changes(in_tmp, pretrained):
     fails_cleanly(invoke("pretrain", "--resume", pretrained, "--temperature", 0.5), "--temperature cannot be changed",
-                  "only --epochs, --lr, --device")
+                  "only --epochs, --accumulate-steps, --lr, --device")
 
 
 def test_resume_of_a_finished_run_is_a_no_op(in_tmp, pretrained):

@@ -62,20 +62,27 @@ def weights(out):
 @pytest.mark.parametrize("method", METHODS)
 def test_two_processes_of_half_the_batch_equal_one_process_of_the_whole_batch(method, tmp_path):
     flags = ["pretrain", "--method", method.split("+")[0], *METHODS[method], *RUN]
-    single(*flags, "--out", tmp_path / "one")
+    # the reference is one process on one thread, as each of the two: only the split of the batch differs (one
+    # process on 2 threads already rounds differently, more than the tolerances below on some CPUs)
+    torchrun(*flags, "--out", tmp_path / "one", processes=1)
     text = torchrun(*flags, "--out", tmp_path / "two")
     assert text.count("done:") == 1  # rank 0 speaks for both
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) == 8
-    assert one == pytest.approx(two, rel=1e-4, abs=1e-5), (one, two)
+    # relative 3e-4: BYOL's losses drift apart by up to 1.1e-4 by step 7 on one machine (an AMD EPYC; 1e-6 on
+    # another), whatever its lr (0.02 or 0.01): rounding that the regression loss amplifies, not a missing term
+    assert one == pytest.approx(two, rel=3e-4, abs=1e-5), (one, two)
     expected, got = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert expected.keys() == got.keys()
     # every weight and buffer as a whole, |a - b| ≤ 1e-3·|a| + 1e-5·√n (an RMS gap of 1e-5 on small tensors such as
-    # batch-norm biases, which 8 steps move by ~1e-3): rounding alone (one process on 1 and on 2 threads) moves BYOL's
-    # batch-norm running means by 0.8e-4·|a|. The optimiser's momentum is left out: for a bias in front of a batch
-    # norm it sums gradients that are zero up to rounding.
-    gap = {k: ((expected[k].double() - got[k].double()).norm() / (1e-3 * expected[k].double().norm()
-                                                                   + 1e-5 * expected[k].numel() ** 0.5)).item()
+    # batch-norm biases, which 8 steps move by ~1e-3); batch-norm running statistics 3x that: they sum every step's
+    # rounding, and on one CPU (an AMD EPYC) BYOL's early running means differ by 1.75e-3·|a| between 1 and 2
+    # processes (0.8e-3·|a| when the one process runs on 2 threads). The optimiser's momentum is left out: for
+    # a bias in front of a batch norm it sums gradients that are zero up to rounding.
+    def tolerance(key, a):
+        scale = 3 if key.endswith(("running_mean", "running_var")) else 1
+        return scale * (1e-3 * a.norm() + 1e-5 * a.numel() ** 0.5)
+    gap = {k: ((expected[k].double() - got[k].double()).norm() / tolerance(k, expected[k].double())).item()
            for k in expected if expected[k].is_floating_point() and not k.startswith("optim.")}
     assert max(gap.values()) < 1, sorted(gap.items(), key=lambda kv: -kv[1])[:5]
 
