@@ -102,15 +102,7 @@ class Run:
                 "good checkpoint is kept" + (f" at {self.checkpoint_path} (resume with --resume {self.dir} --lr LOWER)"
                                              if self.checkpoint_path.exists() else ""),
                 exit_code=3)
-        failed = None
-        if distributed.is_main():
-            try:
-                ckpt.save(self.checkpoint_path, tensors, meta)
-            except UserError as err:
-                failed = err
-        failed = distributed.broadcast(failed)
-        if failed is not None:
-            raise failed
+        distributed.on_main(lambda: ckpt.save(self.checkpoint_path, tensors, meta))  # a failed write stops all
         return self.checkpoint_path
 
 
