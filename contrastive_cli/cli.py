@@ -20,7 +20,8 @@ from rich.table import Table
 from . import __version__, distributed
 from .errors import UserError
 from .flags import collect, load_config, merge, spec_command
-from .spec import ExportSpec, InspectSpec, KnnSpec, LinearProbeSpec, PretrainSpec, TransferSpec
+from .spec import (ExportSpec, InspectSpec, KnnSpec, LinearProbeSpec, NeighboursSpec, PlotSpec, PretrainSpec,
+                   TransferSpec)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Self-supervised representation learning for images: pretrain → evaluate → export.")
@@ -78,7 +79,7 @@ def user_errors(fn):
 
 
 COMMANDS = {"run_pretrain": "pretrain", "run_knn": "knn-eval", "run_probe": "linear-probe", "run_transfer": "transfer",
-            "run_inspect": "inspect-collapse", "run_export": "export"}
+            "run_inspect": "inspect-collapse", "run_export": "export", "run_neighbours": "neighbours"}
 EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE: not a user error (2), not a collapse (4), not an interrupt (130)
 
 
@@ -210,13 +211,15 @@ def pretrain_command(given, config, print_spec, resume, as_json):
     progress = TrainProgress(run.total_steps, run.step, disable=as_json)
     with progress.bar:
         stats = train(run, progress, on_epoch=progress.epoch)
+    from .curves import run_curves  # <run>/curves.png when matplotlib is there
+    curves = run_curves(run.dir, warn=lambda text: errors.print(escape(text))) if distributed.is_main() else None
     if as_json:
         if distributed.is_main():
-            print(json.dumps({**stats, "step": run.step, "checkpoint": str(run.checkpoint_path)}))
+            print(json.dumps({**stats, "step": run.step, "checkpoint": str(run.checkpoint_path), "curves": curves}))
         return
     skipped = f", {len(run.data.skipped)} unreadable files skipped" if run.data.skipped else ""
     console.print(f"done: loss {stats.get('loss', float('nan')):.4f}, {stats.get('images_per_s', 0):.0f} img/s"
-                  f"{skipped} → {run.checkpoint_path}")
+                  f"{skipped} → {run.checkpoint_path}" + (f"\ncurves → {curves}" if curves else ""))
 
 
 def run_benchmark(run, steps, as_json):
@@ -273,7 +276,8 @@ def eval_spec(model, given, config, checkpoint, print_spec):
     data["checkpoint"] = str(checkpoint)
     spec = merge(model, data, given)
     if distributed.launched() and not (model in (KnnSpec, LinearProbeSpec) or model is ExportSpec and spec.embeddings):
-        command = {"InspectSpec": "inspect-collapse", "ExportSpec": "export", "TransferSpec": "transfer"}[model.__name__]
+        command = {"InspectSpec": "inspect-collapse", "ExportSpec": "export", "TransferSpec": "transfer",
+                   "NeighboursSpec": "neighbours"}[model.__name__]
         raise UserError(f"{command} runs as one process; under torchrun every process would repeat the same work "
                         "and write the same files (knn-eval, linear-probe and export --embeddings share their "
                         "feature extraction across processes)", f"run it without torchrun: contrastive {command} ...")
@@ -462,6 +466,8 @@ def run_export(given, checkpoint, config=None, print_spec=False, as_json=False):
                       f"mean {' '.join(map(str, norm['mean']))} · std {' '.join(map(str, norm['std']))}")
     written = f"{size_mb:.1f} MB" if size_mb >= 0.1 else f"{result['bytes'] / 1e3:.1f} kB"
     console.print(f"→ {escape(result['out'])} ({written}, {result['seconds']:.1f} s)")
+    if result.get("map"):
+        console.print(f"{spec.map} map → {escape(result['map'])}")
 
 
 spec_command(app, "export", ExportSpec, run_export, extra=[CHECKPOINT, CONFIG, PRINT_SPEC, JSON],
@@ -521,6 +527,74 @@ spec_command(app, "transfer", TransferSpec, run_transfer, extra=[CHECKPOINT, CON
                  "Fine-tune the pretrained backbone with a new linear head on a labeled target dataset and report "
                  "top-1/top-5 on its test split; --shots K for K images per class, --freeze for a linear head on "
                  "the frozen backbone, --baseline scratch for the same budget from random initialisation."))
+
+
+# ---- neighbours ------------------------------------------------------------------------------------
+
+
+@user_errors
+def run_neighbours(given, checkpoint, config=None, print_spec=False, as_json=False):
+    from .neighbours import neighbours
+    spec = eval_spec(NeighboursSpec, given, config, checkpoint, print_spec)
+    if print_spec:
+        return
+    with console.status("embedding the queries and the gallery"):
+        result = neighbours(spec)
+    if as_json:
+        print(json.dumps(result))
+        return
+    g = result["gallery"]
+    console.print(f"[bold]neighbours[/] · {escape(g['data'])} ({g['split']}: {g['images']} images) · "
+                  f"{len(result['queries'])} {'query' if len(result['queries']) == 1 else 'queries'} · k {result['k']} · "
+                  f"cosine similarity of {result['feature_dim']}-d features"
+                  + (f" · {g['skipped_files']} unreadable files skipped" if g["skipped_files"] else ""))
+    labelled = any(n["class"] is not None or n["label"] is not None for q in result["queries"] for n in q["neighbours"])
+    for q in result["queries"]:
+        table = Table(title=escape(q["query"]), title_justify="left")
+        for col, justify in (("#", "right"), ("cosine", "right"), ("gallery image", "left")) + (
+                (("class", "left"),) if labelled else ()):
+            table.add_column(col, justify=justify)
+        for n in q["neighbours"]:
+            where = n["file"] or f"{n['split']} #{n['index']}"
+            label = n["class"] if n["class"] is not None else "" if n["label"] is None else str(n["label"])
+            table.add_row(str(n["rank"]), f"{n['similarity']:.3f}", escape(where), *((escape(label),) if labelled else ()))
+        console.print(table)
+    if result["sheet"]:
+        console.print(f"contact sheet → {escape(result['sheet'])}")
+
+
+spec_command(app, "neighbours", NeighboursSpec, run_neighbours, extra=[CHECKPOINT, CONFIG, PRINT_SPEC, JSON],
+             skip=("kind", "checkpoint"), help=(
+                 "The gallery images most similar to each query image in the encoder's feature space (cosine "
+                 "similarity of centre-view features): a table, --json, or a contact sheet PNG (--sheet). The "
+                 "query is an image file or a folder of images; the gallery a folder or a named dataset, by "
+                 "default the checkpoint's own data."))
+
+
+# ---- plot ------------------------------------------------------------------------------------------
+
+RUNS = inspect.Parameter("runs", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=list[Path],
+                         default=typer.Argument(..., help="Run directories (or metrics.jsonl files) to draw.",
+                                                metavar="RUN", show_default=False))
+
+
+@user_errors
+def run_plot(given, runs, as_json=False):
+    from .checkpoint import check_output
+    from .curves import default_out, draw_curves
+    spec = merge(PlotSpec, {"runs": [str(r) for r in runs]}, given)
+    out = spec.out or default_out(spec.runs)
+    check_output(out, "--out", (), "plot", create_folders=False)  # never over a checkpoint
+    result = draw_curves(spec.runs, out)
+    if as_json:
+        print_json(result)
+        return
+    console.print(f"[bold]curves[/] of {', '.join(map(escape, result['runs']))} → {escape(result['out'])}")
+
+
+spec_command(app, "plot", PlotSpec, run_plot, extra=[RUNS, JSON], skip=("kind", "runs"), help=(
+    "Draw loss, learning rate, online kNN top-1, effective rank and images/s against epochs from the metrics.jsonl "
+    "of one or several runs (overlaid) as a PNG; needs the plot extra (pip install 'contrastive\\[plot]')."))
 
 
 def entrypoint():

@@ -201,6 +201,13 @@ class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
 def sync_batch_norm(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """Every BatchNorm of `module` computing its statistics over the global batch: torch's SyncBatchNorm on GPUs,
     GlobalBatchNorm elsewhere; parameters and running statistics are kept (the state_dict keys do not change)."""
+    fused = sorted({type(m).__name__ for m in module.modules()
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and any(True for _ in m.children())})
+    if fused:  # timm's BatchNormAct2d & co: a plain (Sync)BatchNorm in their place would drop their activation
+        from .errors import UserError
+        raise UserError(f"--sync-bn cannot convert this backbone's {', '.join(fused)} layers (batch norm fused with "
+                        "its activation, as timm builds EfficientNets and RegNets) without losing the activation",
+                        "run with --no-sync-bn (each process normalises over its own share of the batch)")
     if device.type == "cuda":
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():

@@ -6,11 +6,13 @@ import sys
 from pathlib import Path
 
 from .flags import collect
-from .spec import ExportSpec, InspectSpec, KnnSpec, LinearProbeSpec, PretrainSpec, TransferSpec
+from .spec import (ExportSpec, InspectSpec, KnnSpec, LinearProbeSpec, NeighboursSpec, PlotSpec, PretrainSpec,
+                   TransferSpec)
 
 COMMANDS = [("pretrain", PretrainSpec, ("kind",)), ("knn-eval", KnnSpec, ("kind", "checkpoint")),
             ("linear-probe", LinearProbeSpec, ("kind", "checkpoint")), ("transfer", TransferSpec, ("kind", "checkpoint")),
-            ("inspect-collapse", InspectSpec, ("kind", "checkpoint")), ("export", ExportSpec, ("kind", "checkpoint"))]
+            ("inspect-collapse", InspectSpec, ("kind", "checkpoint")), ("export", ExportSpec, ("kind", "checkpoint")),
+            ("plot", PlotSpec, ("kind", "runs")), ("neighbours", NeighboursSpec, ("kind", "checkpoint"))]
 
 
 def reference() -> str:
@@ -26,7 +28,8 @@ def reference() -> str:
             if f.section != section:
                 section = f.section
                 lines += ["", f"### {section}", "", "| flag | spec path | default | meaning |", "|---|---|---|---|"]
-            flag = f"`{f.flag}`" + (f" / `--no-{f.flag[2:]}`" if f.kind is bool else "")
+            flag = f"`{f.flag}`" + (f" / `--no-{f.flag[2:]}`" if f.kind is bool else "") + "".join(
+                f" / `{alias}`" for alias in f.aliases)
             help_ = f.help.replace("|", "\\|")
             lines.append(f"| {flag} | `{'.'.join(f.path)}` | {f.default or '–'} | {help_} |")
         lines.append("")

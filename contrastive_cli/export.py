@@ -1,5 +1,5 @@
-"""Hand a checkpoint's backbone to other tools: its weights (safetensors, torchvision key names), a TorchScript or
-ONNX program, or the features of a dataset (safetensors or CSV).
+"""Hand a checkpoint's backbone to other tools: its weights (safetensors, torchvision's or timm's key names), a
+TorchScript or ONNX program, or the features of a dataset (safetensors or CSV).
 
 Every artefact is written atomically and carries what a user needs to feed it (input size, normalisation) and
 where it came from (the checkpoint's sha256, method, backbone, data), as safetensors metadata, a TorchScript
@@ -28,6 +28,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .errors import UserError
 from .evaluate import features, load_encoder, open_data
+from .models import TIMM_PREFIX
 from .spec import ExportSpec
 from .runtime import default_workers, pick_device
 
@@ -48,6 +49,10 @@ def export(spec: ExportSpec) -> dict:
     ckpt.check_output(out, "--out", (source,), "export", spec.force, create_folders=False)
     if spec.format == "onnx":
         require_onnx()
+    if spec.map:  # a missing package or an unwritable map path fails before the features are computed
+        from .embedding_map import require_map
+        require_map(spec.map)
+        ckpt.check_output(map_path(spec, out), "--map-out", (source,), "export", spec.force, create_folders=False)
     device = pick_device(distributed.device_for(spec.runtime.device)) if spec.embeddings else torch.device("cpu")
     distributed.init(device)  # under torchrun (--embeddings only): each process embeds its share of the images
     backbone, meta = load_encoder(source, device)
@@ -71,6 +76,11 @@ def default_out(source: Path, spec: ExportSpec) -> Path:
     stem = source.name.removesuffix(".safetensors")
     suffix = f".embeddings.{spec.data.split}.{spec.format}" if spec.embeddings else SUFFIXES[spec.format]
     return source.with_name(stem + suffix)
+
+
+def map_path(spec: ExportSpec, out: Path) -> Path:
+    """--map's PNG: --map-out, else next to the embeddings file, e.g. checkpoint.embeddings.test.map.png."""
+    return spec.map_out or out.with_name(out.name.rsplit(".", 1)[0] + ".map.png")
 
 
 def write(out: Path, writer: Callable[[str], object]) -> None:
@@ -106,7 +116,18 @@ def describe(meta: dict, source: Path, kind: str) -> dict:
         "source": {"checkpoint": str(source), "sha256": sha256(source), "kind": meta.get("kind"),
                    "method": meta.get("method"), "step": meta.get("step"), "data": meta.get("data")},
         "versions": ckpt.versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"timm": timm_loading(meta["backbone"])} if meta["backbone"].get("timm") else {}),
     }
+
+
+def timm_loading(backbone: dict) -> dict:
+    """How a timm backbone's weights load with timm alone: timm.create_model(model, **kwargs), then
+    load_state_dict(strict=True)."""
+    model = backbone["name"].removeprefix(TIMM_PREFIX)
+    kwargs = {**backbone["kwargs"], "num_classes": 0}
+    call = ", ".join([repr(model)] + [f"{k}={v!r}" for k, v in kwargs.items()])
+    return {"model": model, "kwargs": kwargs, "load": f"timm.create_model({call}).load_state_dict("
+            "safetensors.torch.load_file(PATH), strict=True)"}
 
 
 def as_strings(info: dict) -> dict[str, str]:
@@ -121,7 +142,8 @@ def write_backbone(fmt: str, backbone: nn.Module, info: dict, out: Path) -> dict
     backbone.eval()
     if fmt == "safetensors":
         # Plain state_dict keys (no "backbone." prefix): load_state_dict(strict=True) into the torchvision model
-        # with fc = Identity (or build_backbone for small_cnn), BN buffers included.
+        # with fc = Identity (or build_backbone for small_cnn; timm.create_model(name, num_classes=0, **kwargs)
+        # for timm:NAME, as info["timm"] says), BN buffers included.
         state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
         write(out, lambda tmp: save_file(state, tmp, metadata=as_strings(info)))
         return {"tensors": len(state)}
@@ -195,8 +217,16 @@ def write_embeddings(spec: ExportSpec, backbone: nn.Module, meta: dict, info: di
             root = os.path.commonpath([os.path.dirname(f) for f in files])
             info |= {"root": root, "files": [os.path.relpath(f, root) for f in files]}
         distributed.on_main(lambda: write(out, lambda tmp: save_file(tensors, tmp, metadata=as_strings(info))))
+    drawn = None
+    if spec.map:
+        from .embedding_map import NAMES, draw_map
+        drawn = map_path(spec, out)
+        title = (f"{NAMES[spec.map]} of {len(rows)} embeddings · {data.name.rsplit(':', 1)[0]} {d.split} · "
+                 f"{meta.get('method') or meta.get('kind')} {meta['backbone']['name']} · {Path(info['source']['checkpoint']).name}")
+        distributed.on_main(lambda: draw_map(spec.map, feats, labels, data.classes, drawn, title, spec.runtime.seed, write))
     return {"image_size": size, "data": data.name.rsplit(":", 1)[0], "split": d.split, "images": len(rows),
-            "labels": labels is not None, "files": files is not None, "skipped_files": len(data.skipped)}
+            "labels": labels is not None, "files": files is not None, "skipped_files": len(data.skipped),
+            "map": None if drawn is None else str(drawn)}
 
 
 def write_csv(path: str, features: torch.Tensor, index: torch.Tensor, labels: Optional[torch.Tensor],

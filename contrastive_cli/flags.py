@@ -38,6 +38,7 @@ class Flag:
     choices: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()  # for method fields: the methods that have this field
     panel: str = ""  # a field's own section title (json_schema_extra={"section": ...}), else by spec path
+    aliases: tuple[str, ...] = ()  # other spellings (json_schema_extra={"aliases": ["-k"]}), e.g. a short flag
 
     @property
     def param(self) -> str:
@@ -111,7 +112,7 @@ def collect(model: type[BaseModel], prefix: tuple[str, ...] = (), skip: tuple[st
         elif default == "recipe" and path[0] not in ("method", "optim", "augment"):
             default = "unset"
         flags.append(Flag(path, extra.get("flag", "--" + name.replace("_", "-")), kind, help_, default, choices,
-                          panel=extra.get("section", "")))
+                          panel=extra.get("section", ""), aliases=tuple(extra.get("aliases", ()))))
     return flags
 
 
@@ -149,7 +150,7 @@ def method_flags() -> list[Flag]:
 def options(flags: list[Flag]) -> list[inspect.Parameter]:
     params = []
     for f in flags:
-        decls = [f"{f.flag}/--no-{f.flag[2:]}"] if f.kind is bool else [f.flag]
+        decls = [f"{f.flag}/--no-{f.flag[2:]}"] if f.kind is bool else [f.flag, *f.aliases]
         params.append(inspect.Parameter(
             f.param, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[f.kind],
             default=typer.Option(None, *decls, help=escape(f"{f.help} [default: {f.default}]" if f.default else f.help), show_default=False,

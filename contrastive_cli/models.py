@@ -1,7 +1,12 @@
-"""Backbones (torchvision ResNets and Vision Transformers, a small CNN) and MLP heads built from layer specs."""
+"""Backbones (torchvision ResNets and Vision Transformers, a small CNN, any timm model) and MLP heads built from
+layer specs."""
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
+from types import ModuleType
 from typing import Literal, NamedTuple, Optional
 
 import torch
@@ -9,6 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 import torchvision
 from torchvision.models.vision_transformer import VisionTransformer
+
+from .errors import UserError
+from .extras import require
+from .spec import TIMM_PREFIX  # --backbone timm:NAME
 
 Norm = Optional[Literal["bn", "bn-noaffine", "ln"]]
 
@@ -103,11 +112,17 @@ class ViT(VisionTransformer):
         return torch.cat([pos[:, :1], patches.flatten(2).transpose(1, 2)], dim=1)
 
 
-def build_backbone(name: str, stem: str = "imagenet", image_size: int = 224, patch_size: int = 16,
-                   pos_embed: str = "learned", depth: int = 12) -> tuple[nn.Module, int]:
-    """Return (backbone producing pooled features, feature dimension).
+def build_backbone(name: str, *args, **kwargs) -> tuple[nn.Module, int]:
+    """Return (backbone producing pooled features, feature dimension): `timm:NAME` is timm's model NAME built with
+    `kwargs` (timm_backbone), any other name one of ours (torchvision_backbone)."""
+    if name.startswith(TIMM_PREFIX):
+        return timm_backbone(name.removeprefix(TIMM_PREFIX), **kwargs)
+    return torchvision_backbone(name, *args, **kwargs)
 
-    ResNets keep torchvision's key names with `fc` replaced by Identity, so an exported backbone loads
+
+def torchvision_backbone(name: str, stem: str = "imagenet", image_size: int = 224, patch_size: int = 16,
+                         pos_embed: str = "learned", depth: int = 12) -> tuple[nn.Module, int]:
+    """ResNets keep torchvision's key names with `fc` replaced by Identity, so an exported backbone loads
     with strict=True into `torchvision.models.resnetXX()` whose fc was replaced the same way; ViTs likewise into
     torchvision's VisionTransformer with `heads` replaced (class ViT).
     """
@@ -124,6 +139,60 @@ def build_backbone(name: str, stem: str = "imagenet", image_size: int = 224, pat
     dim = net.fc.in_features
     net.fc = nn.Identity()
     return net, dim
+
+
+# ---- timm ------------------------------------------------------------------------------------------
+
+TIMM_GEOMETRY = ("img_size", "patch_size", "depth", "dynamic_img_size")  # constructor arguments the spec may set
+
+
+def require_timm() -> ModuleType:
+    return require("timm", "timm", "--backbone timm:NAME",
+                   alternative="choose a built-in backbone (resnet18/34/50, vit_tiny/small/base, small_cnn)")
+
+
+def check_timm_name(name: str) -> None:
+    """ValueError (a spec problem) naming close matches when timm has no model `name` (with or without a tag)."""
+    timm = require_timm()
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        raise ValueError(f"timm has no model {name!r}; " + (f"close names: {', '.join(close)}" if close else
+                         "list them with python -c \"import timm; print(timm.list_models('*PART*'))\""))
+
+
+class TimmFacts(NamedTuple):
+    """What the spec needs to know of a timm model before building it."""
+    vit: bool  # a patch embedding (ViT, DeiT, Swin, EVA, ...): the transformer recipes and patch-size checks apply
+    patch_size: Optional[int]  # its own patch side
+    takes: frozenset[str]  # which of TIMM_GEOMETRY its constructor takes
+
+
+@functools.lru_cache(maxsize=None)
+def timm_facts(name: str) -> TimmFacts:
+    timm = require_timm()
+    try:
+        with torch.device("meta"):  # the structure only: no memory, no initialisation
+            model = timm.create_model(name, pretrained=False, num_classes=0)
+    except Exception:  # noqa: BLE001 - a constructor that computes with its tensors: build it for real
+        model, _ = timm_backbone(name)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    params = inspect.signature(type(model).__init__).parameters
+    takes = frozenset(p for p in TIMM_GEOMETRY if p in params)
+    return TimmFacts(hasattr(model, "patch_embed"), patch, takes)
+
+
+def timm_backbone(name: str, **kwargs) -> tuple[nn.Module, int]:
+    """timm's model `name` without its classifier (num_classes=0), so its output is its pooled feature
+    (model.num_features wide) and its state_dict loads with strict=True into
+    `timm.create_model(name, num_classes=0, **kwargs)`."""
+    timm = require_timm()
+    try:
+        net = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    except Exception as err:  # noqa: BLE001 - a model refusing its geometry raises anything; the message helps
+        raise UserError(f"timm could not build {name} with {kwargs} ({type(err).__name__}: {err})",
+                        "choose another --image-size or --patch-size, or another timm model") from None
+    return net, net.num_features
 
 
 class SplitBatchNorm(nn.BatchNorm2d):
@@ -151,9 +220,10 @@ class SplitBatchNorm(nn.BatchNorm2d):
 
 
 def split_batchnorm(module: nn.Module, splits: int) -> nn.Module:
-    """Replace every BatchNorm2d in `module` by a SplitBatchNorm with the same state (in place)."""
+    """Replace every BatchNorm2d in `module` by a SplitBatchNorm with the same state (in place). Subclasses are
+    kept whole: they may do more than normalise (timm's BatchNormAct2d applies its activation too)."""
     for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm):
+        if type(child) is nn.BatchNorm2d:
             split = SplitBatchNorm(child.num_features, splits, eps=child.eps, momentum=child.momentum,
                                    affine=child.affine)
             split.load_state_dict(child.state_dict())

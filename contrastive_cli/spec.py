@@ -131,29 +131,82 @@ class AugmentSpec(Spec):
 
 
 VIT_NAMES = ("vit_tiny", "vit_small", "vit_base")
+BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "small_cnn", *VIT_NAMES)
+TIMM_PREFIX = "timm:"  # --backbone timm:NAME
+TORCHVISION_WEIGHTS = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50",
+                       "vit_base": "vit_b_16"}  # --init torchvision: the torchvision model whose weights fit ours
+PICKLES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".tar")
 
 
 class BackboneSpec(Spec):
-    name: Literal["resnet18", "resnet34", "resnet50", "small_cnn", "vit_tiny", "vit_small", "vit_base"] = Field(
-        "resnet18", json_schema_extra=flag("--backbone"), description=(
-            "Encoder: torchvision ResNet-18/34/50, a Vision Transformer (torchvision's VisionTransformer at the "
-            "DeiT/DINO sizes: tiny 192 wide, small 384, base 768; 12 blocks; the CLS token is the feature), or a "
-            "small CNN for fast tests."))
+    name: str = Field("resnet18", json_schema_extra=flag("--backbone"), description=(
+        "Encoder: torchvision ResNet-18/34/50, a Vision Transformer (torchvision's VisionTransformer at the "
+        "DeiT/DINO sizes: tiny 192 wide, small 384, base 768; 12 blocks; the CLS token is the feature), a "
+        "small CNN for fast tests, or timm:NAME, any model of timm (pip install 'contrastive[timm]') without its "
+        "classifier, its pooled feature the encoder's; timm models with a patch embedding count as ViTs "
+        f"(docs/pretrain.md#timm-models). Choices: {', '.join(BACKBONE_NAMES)}, timm:NAME."))
     stem: Literal["imagenet", "small"] = Field("imagenet", description=(
         "ResNet stem: 'imagenet' (7x7 stride-2 conv + max-pool) or 'small' (3x3 stride-1 conv, no "
         "max-pool, the CIFAR recipe; about 16x the compute at 32 px)."))
     patch_size: Optional[int] = Field(None, ge=1, description=(
         "ViT: side of the square patches in pixels; the view side (and the local crops') must be a multiple "
-        "[default: 16 from 64 px up; below, the divisor of the side nearest side/8, e.g. 4 at 28 or 32 px]."))
+        "[default: 16 from 64 px up; below, the divisor of the side nearest side/8, e.g. 4 at 28 or 32 px; "
+        "a timm ViT keeps its own from 64 px up]."))
     pos_embed: Optional[Literal["learned", "sincos"]] = Field(None, description=(
         "ViT position embeddings: 'learned' (DINO, torchvision) or fixed 2-D 'sincos' (MoCo v3) [default: the "
-        "method's recipe, else learned]; interpolated when evaluated at another image size."))
+        "method's recipe, else learned; a timm ViT keeps its own]; interpolated when evaluated at another image "
+        "size."))
     depth: Optional[int] = Field(None, ge=1, description=(
-        "ViT: number of transformer blocks [default: 12, the named model's]; fewer make a cheaper model for "
-        "small data and quick runs."))
+        "ViT: number of transformer blocks [default: 12, the named model's; a timm ViT's own]; fewer make a "
+        "cheaper model for small data and quick runs."))
+    init: Optional[str] = Field(None, description=(
+        "Start the backbone from pretrained weights: a .safetensors file (an exported backbone, a run's "
+        "checkpoint, or a torchvision or timm state dict; classifier keys fc.*, head.*, heads.* are dropped, any "
+        "other key must match), 'torchvision' (torchvision's ImageNet weights of resnet18/34/50 or vit_base) or "
+        "'timm' (the timm model's default pretrained weights), both only from the local cache: nothing is "
+        "downloaded. Loaded once before the first step (a resumed run continues from its checkpoint) and recorded "
+        "in the checkpoint with the file's sha256 [default: random initialisation]."))
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v in BACKBONE_NAMES:
+            return v
+        if not v.startswith(TIMM_PREFIX):
+            raise ValueError(f"unknown backbone; choose one of {', '.join(BACKBONE_NAMES)}, or timm:NAME for a "
+                             "timm model")
+        if not v.removeprefix(TIMM_PREFIX):
+            raise ValueError("timm: needs a model name after it, e.g. timm:resnet50 or timm:vit_small_patch16_224")
+        from .models import check_timm_name  # imports timm: only for timm names
+        check_timm_name(v.removeprefix(TIMM_PREFIX))
+        return v
+
+    @field_validator("init")
+    @classmethod
+    def _safetensors_only(cls, v: Optional[str]) -> Optional[str]:
+        if v is None or v in ("torchvision", "timm"):
+            return v
+        if not v.strip():
+            raise ValueError("must be a .safetensors file, 'torchvision' or 'timm'")
+        if v.lower().endswith(PICKLES):  # torch.load of a user's file could run any code in it
+            raise ValueError(
+                f"{v} is a pickled PyTorch file, and pickles are never loaded (they can run code); convert it once "
+                f"to safetensors: python -c \"import torch, safetensors.torch as st; "
+                f"st.save_file(torch.load('{v}', weights_only=True), 'w.safetensors')\" and pass --init w.safetensors")
+        return v
+
+    @property
+    def timm_name(self) -> Optional[str]:
+        """NAME of timm:NAME, else None."""
+        return self.name.removeprefix(TIMM_PREFIX) if self.name.startswith(TIMM_PREFIX) else None
 
     @property
     def is_vit(self) -> bool:
+        """Our ViTs and timm models with a patch embedding: they get the methods' transformer recipes and
+        heads, and a patch size that divides the views."""
+        if self.timm_name:
+            from .models import timm_facts
+            return timm_facts(self.timm_name).vit
         return self.name in VIT_NAMES
 
 
@@ -223,6 +276,14 @@ class RuntimeSpec(Spec):
         "Under torchrun: losses see the global batch, as in the papers (in-batch negatives gathered from every "
         "process, MoCo keys gathered before the queue, batch statistics of a loss reduced); --no-gather leaves "
         "each process's loss to its own share, an ablation (docs/distributed.md)."))
+    log: list[Literal["tensorboard", "wandb", "mlflow"]] = Field([], description=(
+        "Also send the records of metrics.jsonl to a tracker: 'tensorboard' (event files in <run>/tensorboard), "
+        "'wandb' (offline with WANDB_MODE=offline) or 'mlflow' (a SQLite store <run>/mlflow.db unless "
+        "--mlflow-uri); repeat the flag for several. A resumed run continues the same tracker run "
+        "(docs/pretrain.md#trackers)."))
+    wandb_project: str = Field("contrastive", description="--log wandb: the W&B project.")
+    mlflow_uri: Optional[str] = Field(None, description=(
+        "--log mlflow: the tracking URI (a server, or sqlite:///PATH) [default: sqlite:///<run>/mlflow.db]."))
     benchmark: Optional[int] = Field(None, ge=1, json_schema_extra=flag("--benchmark"), description=(
         "Measure instead of training: after warm-up, time STEPS training steps and STEPS model-only steps "
         "(forward, backward and optimiser step of the same networks on one batch of views already augmented "
@@ -290,6 +351,14 @@ class PretrainSpec(Spec):
     optim: OptimSpec = Field(default_factory=OptimSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     monitor: MonitorSpec = Field(default_factory=MonitorSpec)
+
+
+class PlotSpec(Spec):
+    kind: Literal["plot"] = "plot"
+    runs: list[Path] = Field(..., min_length=1, description=(
+        "Run directories (or their metrics.jsonl files); several are overlaid in one colour each."))
+    out: Optional[Path] = Field(None, json_schema_extra={"section": "Output"}, description=(
+        "PNG to write [default: <run>/curves.png for one run, ./curves.png for several]."))
 
 
 class EvalRuntimeSpec(Spec):
@@ -413,13 +482,20 @@ class ExportSpec(Spec):
     kind: Literal["export"] = "export"
     checkpoint: Path = Field(..., description="Checkpoint (.safetensors) whose backbone is exported.")
     format: Literal[EXPORT_FORMATS] = Field("safetensors", json_schema_extra=EXPORT, description=(
-        "Backbone: 'safetensors' (weights with torchvision key names), 'torchscript' or 'onnx' (dynamic batch "
-        "axis). With --embeddings: 'safetensors' or 'csv'."))
+        "Backbone: 'safetensors' (weights with torchvision key names, timm's for timm:NAME backbones, loadable "
+        "with strict=True), 'torchscript' or 'onnx' (dynamic batch axis). With --embeddings: 'safetensors' or "
+        "'csv'."))
     embeddings: bool = Field(False, json_schema_extra=EXPORT, description=(
         "Write the backbone features of a dataset (--data, --split) instead of the backbone."))
     out: Optional[Path] = Field(None, json_schema_extra=EXPORT, description=(
         "Output file [default: next to the checkpoint: <stem>.backbone.safetensors, <stem>.torchscript.pt, "
         "<stem>.onnx, or <stem>.embeddings.<split>.safetensors / .csv]."))
+    map: Optional[Literal["tsne", "umap"]] = Field(None, json_schema_extra=EXPORT, description=(
+        "With --embeddings: also draw the embeddings (L2-normalised) in 2-D, one colour per label with the class "
+        "names in the legend, as a PNG next to the embeddings file: 'tsne' (scikit-learn's t-SNE) or 'umap' "
+        "(umap-learn), both seeded with --seed; needs pip install 'contrastive[map]'."))
+    map_out: Optional[Path] = Field(None, json_schema_extra=EXPORT, description=(
+        "Where to write the --map PNG [default: <out stem>.map.png, next to the embeddings file]."))
     data: ExportDataSpec = Field(default_factory=ExportDataSpec)
     force: bool = Field(False, description=(
         "Replace an output that is another run's checkpoint (never the input checkpoint itself)."))
@@ -437,6 +513,14 @@ class ExportSpec(Spec):
                            for k in self.data.model_fields_set)
             raise ValueError(f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} only to --embeddings; "
                              "add --embeddings or drop them")
+        if self.map and not self.embeddings:
+            raise ValueError(f"--map {self.map} draws a map of dataset embeddings; add --embeddings or drop --map")
+        if self.map_out is not None and not self.map:
+            raise ValueError("--map-out names the file of the embeddings map; add --map tsne or --map umap")
+        if self.map_out is not None and self.map_out.suffix.lower() != ".png":
+            raise ValueError(f"--map-out {self.map_out} must be a .png file")
+        if self.map_out is not None and self.out is not None and self.map_out == self.out:
+            raise ValueError("--map-out and --out name the same file; give the map another name")
         return self
 
 
@@ -503,6 +587,44 @@ class TransferSpec(Spec):
         return self
 
 
+class NeighboursDataSpec(DataSpec):
+    source: Optional[str] = Field(None, json_schema_extra=flag("--gallery"), description=(
+        "The images to search: a folder (flat, class subfolders or an ImageNet-style root) or a named dataset "
+        "(synthetic, fashion-mnist, cifar10, ...) [default: the checkpoint's own data]."))
+    split: Literal["all", "train", "test"] = Field("all", description=(
+        "Which split of --gallery to search: 'all' (every image: both splits of a named dataset, every file of a "
+        "folder), 'train' or 'test' (docs/data.md#splits)."))
+    subset: Optional[int] = Field(None, ge=1, description="Search a seeded random subset of N gallery images.")
+    classes: Optional[list[str]] = Field(None, description=CLASSES + (
+        " [default: the checkpoint's classes when --gallery is not given, else all classes]"))
+    image_size: Optional[int] = Field(None, exclude=True, json_schema_extra={"flag": None})  # the checkpoint's
+
+    _not_empty = field_validator("source")(EvalDataSpec._not_empty.__func__)
+
+
+NEIGHBOURS = {"section": "Neighbours"}  # the --help panel and docs section of the neighbours options
+
+
+class NeighboursSpec(Spec):
+    kind: Literal["neighbours"] = "neighbours"
+    checkpoint: Path = Field(..., description="Pretrain or transfer checkpoint (.safetensors) whose encoder embeds.")
+    query: Path = Field(..., json_schema_extra=NEIGHBOURS, description=(
+        "The query: an image file, or a folder of images (every image below it, in sorted order)."))
+    k: int = Field(5, ge=1, json_schema_extra={**NEIGHBOURS, "aliases": ["-k"]}, description=(
+        "Number of neighbours shown for each query, most similar first."))
+    sheet: Optional[Path] = Field(None, json_schema_extra=NEIGHBOURS, description=(
+        "Also write a contact sheet PNG: one row per query, the query then its k neighbours, each captioned "
+        "with its cosine similarity and class."))
+    data: NeighboursDataSpec = Field(default_factory=NeighboursDataSpec)
+    runtime: EvalRuntimeSpec = Field(default_factory=EvalRuntimeSpec)
+
+    @model_validator(mode="after")
+    def _png(self) -> "NeighboursSpec":
+        if self.sheet is not None and self.sheet.suffix.lower() != ".png":
+            raise ValueError(f"--sheet {self.sheet} must be a .png file")
+        return self
+
+
 def format_validation_error(err: ValidationError, flag_of: dict[tuple, str] | None = None) -> list[str]:
     """One line per problem: 'optim.lr (--lr): Input should be greater than 0 (got -1)'."""
     lines = []
@@ -545,7 +667,10 @@ def resolve_pretrain(spec: PretrainSpec, image_size: int, n_images: int, channel
     optim, augment, backbone = data["optim"], data["augment"], data["backbone"]
     if spec.optim.warmup_epochs is None:  # the recipe's warm-up (10 of 100+ epochs) takes at most a tenth of a short run
         optim["warmup_epochs"] = min(optim["warmup_epochs"], optim["epochs"] / 10)
-    if spec.backbone.is_vit:
+    if spec.backbone.timm_name and spec.backbone.is_vit:  # its own positions and depth, not the recipe's
+        backbone["patch_size"] = backbone["patch_size"] or timm_patch_size(spec.backbone.timm_name, image_size)
+        backbone["pos_embed"] = spec.backbone.pos_embed
+    elif spec.backbone.is_vit:
         backbone["patch_size"] = backbone["patch_size"] or default_patch_size(image_size)
         backbone["pos_embed"] = backbone["pos_embed"] or "learned"
         backbone["depth"] = backbone["depth"] or 12
@@ -580,15 +705,19 @@ def generic_problems(s: PretrainSpec, n_images: int) -> list[str]:
         problems.append(f"augment.local_crops (--local-crops): {s.method.name} takes two views and has no use for "
                         f"local crops (multi-crop methods: {users}); drop --local-crops")
     b = s.backbone
-    if b.is_vit and not type(s.method).vit_backbone:
+    if (b.is_vit or b.timm_name) and not type(s.method).vit_backbone:
         problems.append(f"backbone.name (--backbone): {s.method.name} builds a convolutional encoder of its own and "
-                        f"cannot use a Vision Transformer; choose resnet18/34/50 or small_cnn")
+                        f"cannot use {'a timm model' if b.timm_name else 'a Vision Transformer'}; choose "
+                        "resnet18/34/50 or small_cnn")
+    if b.timm_name:
+        problems += timm_problems(b)
+    problems += init_problems(s)
     if b.is_vit:
         sides = {"data.image_size (--image-size)": s.data.image_size}
         if s.augment.local_crops:
             sides["augment.local_crop_size (--local-crop-size)"] = s.augment.local_crop_size
         for where, side in sides.items():
-            if side % b.patch_size:
+            if b.patch_size and side % b.patch_size:
                 problems.append(f"{where}: {side} px is not a multiple of the ViT patch size ({b.patch_size} px); "
                                 f"choose a side or a --patch-size that divides it")
         if "stem" in b.model_fields_set and b.stem != "imagenet":
@@ -603,3 +732,46 @@ def generic_problems(s: PretrainSpec, n_images: int) -> list[str]:
                 problems.append(f"backbone.{field} (--{field.replace('_', '-')}): a ViT option, but the backbone is "
                                 f"{b.name}; drop it or choose a vit_* backbone")
     return problems
+
+
+def timm_patch_size(name: str, image_size: int) -> Optional[int]:
+    """A timm ViT's default patch: ours (default_patch_size) on small views, where its own 14 or 16 px would leave
+    a grid of a few patches, if it takes a patch_size; its own otherwise."""
+    from .models import timm_facts
+    facts = timm_facts(name)
+    return default_patch_size(image_size) if image_size < SMALL_IMAGE and "patch_size" in facts.takes \
+        else facts.patch_size
+
+
+def timm_problems(b: BackboneSpec) -> list[str]:
+    """Our options that a timm model has no constructor argument for."""
+    from .models import timm_facts
+    facts, problems = timm_facts(b.timm_name), []
+    if not facts.vit and b.stem != "imagenet":
+        problems.append(f"backbone.stem (--stem): the stem is an option of the torchvision ResNets; {b.name} keeps "
+                        "its own; drop --stem")
+    if facts.vit and b.pos_embed is not None:
+        problems.append(f"backbone.pos_embed (--pos-embed): {b.name} keeps its own position embeddings; drop "
+                        "--pos-embed")
+    for field, given in (("patch_size", b.patch_size != facts.patch_size), ("depth", b.depth is not None)):
+        if facts.vit and given and field not in facts.takes:
+            problems.append(f"backbone.{field} (--{field.replace('_', '-')}): {b.name} takes no {field} argument; "
+                            f"drop --{field.replace('_', '-')} or choose a timm model that does (e.g. a vit_*)")
+    return problems
+
+
+def init_problems(s: PretrainSpec) -> list[str]:
+    """--init against the backbone and the method (the file itself is read when the run is built)."""
+    b, where = s.backbone, "backbone.init (--init)"
+    if b.init is None:
+        return []
+    if not type(s.method).vit_backbone:
+        return [f"{where}: {s.method.name} builds an encoder of its own, which no pretrained weights fit; drop --init"]
+    if b.init == "torchvision" and b.name not in TORCHVISION_WEIGHTS:
+        return [f"{where}: torchvision has pretrained weights for {', '.join(TORCHVISION_WEIGHTS)}, not {b.name}; "
+                "pass a weights file (--init PATH.safetensors)" + (" or --init timm" if b.timm_name else "")]
+    if b.init == "timm" and not b.timm_name:
+        return [f"{where}: 'timm' loads a timm model's pretrained weights, but the backbone is {b.name}; use "
+                "--backbone timm:NAME" + (", or --init torchvision" if b.name in TORCHVISION_WEIGHTS else "")
+                + ", or pass a weights file (--init PATH.safetensors)"]
+    return []

@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import time
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -35,6 +35,7 @@ from .methods.fields import DataFacts
 from .optim import build_optimizer, lr_factor, set_lr, set_weight_decay
 from .runtime import autocast, default_workers, epoch_order, pick_device, seed_step
 from .spec import PretrainSpec, resolve_pretrain
+from .trackers import Trackers, require_trackers
 
 # ---- the loop ------------------------------------------------------------------------------------
 
@@ -50,6 +51,7 @@ class Run:
     step: int = 0
     last_metrics: dict = field(default_factory=dict)
     resumed: bool = False
+    init: Optional[dict] = None  # where --init's weights came from (weights.initialise), kept by resumed runs
     model: Optional[torch.nn.Module] = None  # what the step calls: the method, or its DDP wrapper under torchrun
 
     def __post_init__(self):
@@ -88,7 +90,7 @@ class Run:
             "data": {"name": self.data.name, "fingerprint": self.data.fingerprint, "images": len(self.data)},
             "step": self.step, "epoch": self.step / max(1, self.steps_per_epoch),
             "complete": self.step >= self.total_steps, "metrics": self.last_metrics,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **({"init": self.init} if self.init else {}),
         }
         tensors = state_tensors(self.method, self.optimizer)
         broken = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -145,8 +147,8 @@ def interrupt_flag():
 # what may change when a run is resumed (given as flags): where and how it runs, and the lr and length of the run,
 # e.g. a lower --lr after a divergence, or more --epochs to extend a finished run (its schedule then stretches to
 # the new length); the rest is the run's identity and stays as it was started
-RESUMABLE = {"runtime": ("device", "workers", "amp", "checkpoint_every"), "optim": ("lr", "epochs", "accumulate_steps"),
-             "monitor": ("patience", "stop_on_collapse")}
+RESUMABLE = {"runtime": ("device", "workers", "amp", "checkpoint_every", "log", "wandb_project", "mlflow_uri"),
+             "optim": ("lr", "epochs", "accumulate_steps"), "monitor": ("patience", "stop_on_collapse")}
 
 
 def prepare(spec: PretrainSpec, resume: Optional[Path] = None, reporter=None) -> Run:
@@ -169,6 +171,7 @@ def prepare(spec: PretrainSpec, resume: Optional[Path] = None, reporter=None) ->
     data = open_dataset(d.source, "pretrain", root=d.root, download=d.download, strict=d.strict,
                         subset=d.subset, seed=spec.runtime.seed, image_size=image_size, classes=d.classes)
     spec = resolve_online_knn(resolve_pretrain(spec, image_size, len(data), data.channels), len(data))
+    require_trackers(spec.runtime.log)
     if resume is not None and data.fingerprint != meta["data"]["fingerprint"]:
         raise UserError(f"The data of {d.source} differs from the data this run was started on "
                         f"(fingerprint {data.fingerprint} vs {meta['data']['fingerprint']})",
@@ -180,13 +183,14 @@ def prepare(spec: PretrainSpec, resume: Optional[Path] = None, reporter=None) ->
                         f"{distributed.world()} processes", f"pass a multiple of {distributed.world()}")
     check_micro_batches(spec.optim.batch_size, spec.optim.accumulate_steps)
     torch.manual_seed(spec.runtime.seed)
-    method = build_method(spec, DataFacts.of(data)).to(device)
+    method = build_method(spec, DataFacts.of(data), init=tensors is None).to(device)  # resumed: the checkpoint's
     if distributed.world() > 1 and spec.runtime.sync_bn:
         distributed.sync_batch_norm(method, device)
     optimizer = build_optimizer(method, spec.optim, device)
     if run_dir is None:
         run_dir = distributed.broadcast(new_run_dir(spec))  # rank 0's choice (runs/NAME-2 may race otherwise)
-    run = Run(spec, run_dir, data, method, optimizer, device, model=data_parallel(method, device))
+    run = Run(spec, run_dir, data, method, optimizer, device, model=data_parallel(method, device),
+              init=method.init_record if tensors is None else meta.get("init"))
     if tensors is not None:
         load_state(method, optimizer, {k: v.to(device) if not k.startswith("rng.") else v for k, v in tensors.items()})
         run.step, run.resumed = int(meta["step"]), True
@@ -260,7 +264,7 @@ def new_run_dir(spec: PretrainSpec) -> Path:
                             "give --out a folder you can write to")
         return out
     name = Path(spec.data.source).name if Path(spec.data.source).exists() else spec.data.source
-    base = Path("runs") / f"{spec.method.name}-{spec.backbone.name}-{name}"
+    base = Path("runs") / f"{spec.method.name}-{spec.backbone.name.replace(':', '-')}-{name}"  # timm:NAME
     candidate, n = base, 1
     while candidate.exists():
         n += 1
@@ -334,9 +338,10 @@ def optimisation_step(run: Run, micro_batches: list[tuple[list[torch.Tensor], to
     return sums
 
 
-def log(run: Run, metrics_file, record: dict) -> None:
-    """Append one record to metrics.jsonl (rank 0 only: others have no file). A write that fails (a full disk)
-    stops the run with the last checkpoint intact; the torn line it may leave is dropped on resume (trim_metrics)."""
+def log(run: Run, metrics_file, record: dict, trackers: Optional[Trackers] = None) -> None:
+    """Append one record to metrics.jsonl (rank 0 only: others have no file), then hand it to the --log trackers.
+    A write that fails (a full disk) stops the run with the last checkpoint intact; the torn line it may leave is
+    dropped on resume (trim_metrics)."""
     if metrics_file is None:
         return
     line = memoryview((json.dumps(record) + "\n").encode())
@@ -348,6 +353,8 @@ def log(run: Run, metrics_file, record: dict) -> None:
                         "free disk space and continue with --resume " + str(run.dir) + (
                             f" from the intact checkpoint {run.checkpoint_path}" if run.checkpoint_path.exists()
                             else " (it starts again: no checkpoint was written yet)")) from None
+    if trackers is not None:
+        trackers.write(record)
 
 
 def check_gradients(run: Run) -> None:
@@ -467,9 +474,11 @@ def training_loop(run: Run, progress, on_step, on_epoch) -> dict:
         trim_metrics(run.dir / "metrics.jsonl", run.step, run.steps_per_epoch)
     # unbuffered: a record is on disk when written, and a failed write leaves nothing to flush again at close
     metrics_file = (run.dir / "metrics.jsonl").open("ab" if run.step else "wb", buffering=0) if main else None
+    trackers = Trackers(run) if main and s.runtime.log else None
     method.train()
     epoch_stats: dict = {}
-    with interrupt_flag() as interrupted, metrics_file or nullcontext():
+    with interrupt_flag() as interrupted, metrics_file or nullcontext(), \
+            closing(trackers) if trackers else nullcontext():
         while run.step < run.total_steps:
             epoch, offset = divmod(run.step, run.steps_per_epoch)
             order = epoch_order(len(run.data), s.runtime.seed, epoch)[offset * batch:run.steps_per_epoch * batch]
@@ -505,7 +514,7 @@ def training_loop(run: Run, progress, on_step, on_epoch) -> dict:
                 record = {"step": run.step, "epoch": epoch + 1, **scalars, "lr": lr,
                           "images_per_s": local_images * distributed.world() / (t_done - t_ready), "data_wait": t_got - t_ready,
                           "augment": augment.seconds()}
-                log(run, metrics_file, record)
+                log(run, metrics_file, record, trackers)
                 if progress is not None:
                     progress(run, record, images / (t_done - t_epoch))
                 if on_step is not None:
@@ -526,7 +535,7 @@ def training_loop(run: Run, progress, on_step, on_epoch) -> dict:
             if online_knn is not None and ((epoch + 1) % s.monitor.eval_every == 0 or run.step >= run.total_steps):
                 epoch_stats["knn"] = online_knn(method)
             run.last_metrics = epoch_stats
-            log(run, metrics_file, {"type": "epoch", **epoch_stats})
+            log(run, metrics_file, {"type": "epoch", **epoch_stats}, trackers)
             if on_epoch is not None:
                 on_epoch(run, epoch_stats)
             collapsed = distributed.broadcast(monitor is not None and epoch_stats["collapse"]["alarm"])

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..augment import ViewAugment
 from ..losses import gather, global_mean, my_rows, gathered_world
-from ..models import build_backbone
+from ..models import TIMM_PREFIX, build_backbone, timm_facts
 from . import SPECS
 from .fields import DataFacts
 
@@ -112,8 +112,15 @@ def method_class(name: str) -> type[Method]:
 
 
 def backbone_info(spec) -> dict:
-    """The record of a plain backbone: its name and the build_backbone arguments of its family."""
+    """The record of a plain backbone: its name and the build_backbone arguments of its family (for timm:NAME,
+    timm.create_model's: the image size and the ViT geometry where the model takes them)."""
     b = spec.backbone
+    if b.timm_name:
+        takes = timm_facts(b.timm_name).takes
+        # dynamic_img_size: evaluations may run at another --image-size, as our ViTs interpolate their positions
+        kwargs = {"img_size": spec.data.image_size, "patch_size": b.patch_size, "depth": b.depth,
+                  "dynamic_img_size": True}
+        return {"name": b.name, "kwargs": {k: v for k, v in kwargs.items() if k in takes and v is not None}}
     if b.is_vit:
         return {"name": b.name, "kwargs": {"image_size": spec.data.image_size, "patch_size": b.patch_size,
                                            "pos_embed": b.pos_embed, "depth": b.depth}}
@@ -128,17 +135,29 @@ def build_encoder(info: dict) -> tuple[nn.Module, int]:
 
 
 def encoder_record(spec, data: DataFacts, feature_dim: int) -> dict:
-    """encoder_info plus what readers need without rebuilding it; 'torchvision': the keys load into torchvision."""
+    """encoder_info plus what readers need without rebuilding it; 'torchvision' / 'timm': the keys load into
+    torchvision's model / into timm.create_model(name, num_classes=0, **kwargs)."""
     info = method_class(spec.method.name).encoder_info(spec, data)
-    return {**info, "feature_dim": feature_dim,
-            "torchvision": "method" not in info and info["name"].startswith(("resnet", "vit_"))}
+    plain = "method" not in info
+    return {**info, "feature_dim": feature_dim, "torchvision": plain and info["name"].startswith(("resnet", "vit_")),
+            "timm": plain and info["name"].startswith(TIMM_PREFIX)}
 
 
-def build_method(spec, data: DataFacts) -> Method:
-    """The method of a resolved PretrainSpec for training on `data` (DataFacts.of(image_set))."""
+def build_method(spec, data: DataFacts, init: bool = False) -> Method:
+    """The method of a resolved PretrainSpec for training on `data` (DataFacts.of(image_set)); `init`: its backbone
+    starts from spec.backbone.init (a new run; a resumed one loads its checkpoint instead), recorded in
+    method.init_record."""
     cls = method_class(spec.method.name)
-    encoder, dim = build_encoder(cls.encoder_info(spec, data))
-    return cls(spec, encoder, dim, data)
+    info = cls.encoder_info(spec, data)
+    encoder, dim = build_encoder(info)
+    record = None
+    if init and spec.backbone.init:  # before the method copies the backbone into its momentum encoders
+        from ..weights import initialise
+        # a method's own encoder holds the plain backbone as .backbone (SimCLRv2 keeping projector layers)
+        record = initialise(encoder.backbone if "method" in info else encoder, spec.backbone.init, backbone_info(spec))
+    method = cls(spec, encoder, dim, data)
+    method.init_record = record
+    return method
 
 
 # ---- shared parts --------------------------------------------------------------------------------

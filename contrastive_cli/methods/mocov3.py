@@ -11,11 +11,13 @@ from .base import Method, cosine_momentum, momentum_copy
 
 
 def freeze_patch_embedding(encoder: nn.Module) -> nn.Conv2d:
-    """Keep a ViT's patch projection (torchvision's `conv_proj`) at its random initialisation: the official
-    --stop-grad-conv1, which removes the instability spikes the paper traces to this first layer."""
-    found = [m for name, m in encoder.named_modules() if name.split(".")[-1] == "conv_proj" and isinstance(m, nn.Conv2d)]
+    """Keep a ViT's patch projection (torchvision's `conv_proj`, timm's `patch_embed.proj`) at its initialisation:
+    the official --stop-grad-conv1, which removes the instability spikes the paper traces to this first layer."""
+    found = [m for name, m in encoder.named_modules() if isinstance(m, nn.Conv2d) and
+             (name.split(".")[-1] == "conv_proj" or name.endswith("patch_embed.proj"))]
     if len(found) != 1:
-        raise ValueError(f"expected one ViT patch projection (a Conv2d named conv_proj), found {len(found)}")
+        raise ValueError(f"expected one ViT patch projection (a Conv2d named conv_proj or patch_embed.proj), "
+                         f"found {len(found)}")
     found[0].requires_grad_(False)
     return found[0]
 

@@ -52,7 +52,8 @@ class SimCLRv2(Method):
     def build_encoder(backbone, keep, proj_layers, proj_dim, backbone_kwargs=None, stem="imagenet"):
         """The backbone followed by the first `keep` projector layers (random init); keys backbone.*, projector.*.
         (`stem`: checkpoints written before ViTs recorded only the ResNet stem.)"""
-        net, width = build_backbone(backbone, **(backbone_kwargs or {"stem": stem}))
+        kwargs = {"stem": stem} if backbone_kwargs is None else backbone_kwargs  # a timm ResNet's: {}
+        net, width = build_backbone(backbone, **kwargs)
         kept = projection_head(width, proj_layers, proj_dim)[:keep]
         out = proj_dim if keep == proj_layers else width
         return nn.Sequential(OrderedDict(backbone=net, projector=nn.Sequential(*kept))), out
