@@ -105,9 +105,13 @@ class MLflow:
     def write(self, step: int, scalars: dict[str, float]) -> None:
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in scalars.items()])
+        # asynchronous: a synchronous write to the SQLite store costs about 16 ms a step, a queued one about 2 ms
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in scalars.items()],
+                              synchronous=False)
 
     def close(self) -> None:
+        import mlflow
+        mlflow.flush_async_logging()
         self.client.set_terminated(self.run_id)
 
 
