@@ -99,7 +99,8 @@ def test_without_gathering_simclr_scores_only_the_local_negatives(tmp_path):
 def test_only_rank_0_writes_and_a_two_process_run_resumes_on_one(tmp_path):
     out = tmp_path / "run"
     torchrun("pretrain", "--method", "simclr", *RUN, "--epochs", "1", "--out", out)
-    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoint.safetensors", "metrics.jsonl", "spec.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoint.safetensors", "curves.png",  # no leftovers
+                                                     "metrics.jsonl", "spec.json"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "type" not in r] == [1, 2, 3, 4]  # each step once, not once per rank
     single("pretrain", "--resume", out, "--epochs", "2")

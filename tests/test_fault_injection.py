@@ -79,7 +79,8 @@ def assert_same_run(out, reference):
     losses, steps, epochs = step_losses(out)
     assert steps == list(range(1, STEPS + 1)) and epochs == [1, 2, 3]  # each step and epoch logged exactly once
     assert losses == step_losses(reference)[0]  # and each step computed as in the uninterrupted run
-    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoint.safetensors", "metrics.jsonl", "spec.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoint.safetensors", "curves.png",  # no leftovers
+                                                     "metrics.jsonl", "spec.json"]
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -360,8 +360,8 @@ def test_a_full_disk_keeps_the_last_checkpoint_says_so_and_the_run_resumes_once_
     assert resize(size * 3 // 2 + 64 * 2**10)  # one checkpoint and the logs fit, not a second one beside it
     if full_at == "metrics":  # the disk fills up in epoch 2, after epoch 1's checkpoint
         real_log = train_module.log
-        monkeypatch.setattr(train_module, "log", lambda run, f, record: (
-            run.step == 12 and not (mount / "filler").exists() and fill(mount), real_log(run, f, record)))
+        monkeypatch.setattr(train_module, "log", lambda run, f, record, trackers=None: (
+            run.step == 12 and not (mount / "filler").exists() and fill(mount), real_log(run, f, record, trackers)))
     out = mount / "run"
     text = one_paragraph(invoke("pretrain", *flags, "--out", out), "No space left on device", "ree disk space",
                          f"--resume {out}")
