@@ -24,15 +24,18 @@ from .extras import require
 IDS_FILE = "trackers.json"  # the W&B / MLflow run ids of this run directory, so a resume continues them
 
 
+def leaves(tree: dict, prefix: str = "", sep: str = "/") -> dict:
+    """{'a': {'b': 1}} -> {'a/b': 1}."""
+    out: dict = {}
+    for key, value in tree.items():
+        out.update(leaves(value, f"{prefix}{key}{sep}", sep) if isinstance(value, dict) else {prefix + key: value})
+    return out
+
+
 def flat(record: dict, prefix: str) -> dict[str, float]:
     """Numeric leaves of a record as {tag: value}; strings (verdicts, reasons) stay in metrics.jsonl only."""
-    out: dict[str, float] = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}/"))
-        elif isinstance(value, (int, float)) and key not in ("step", "epoch", "type"):
-            out[prefix + key] = float(value)
-    return out
+    return {tag: float(value) for tag, value in leaves(record, prefix).items()
+            if isinstance(value, (int, float)) and tag.removeprefix(prefix) not in ("step", "epoch", "type")}
 
 
 def tagged(record: dict, steps_per_epoch: int) -> tuple[int, dict[str, float]]:
@@ -97,7 +100,7 @@ class MLflow:
             found = self.client.get_experiment_by_name(name)
             experiment = found.experiment_id if found else self.client.create_experiment(name)
             ids["mlflow"] = self.client.create_run(experiment, run_name=run.dir.name).info.run_id
-            params = [Param(k, str(v)[:500]) for k, v in flat_spec(run.spec.model_dump(mode="json")).items()]
+            params = [Param(k, str(v)[:500]) for k, v in leaves(run.spec.model_dump(mode="json"), sep=".").items()]
             for i in range(0, len(params), 100):  # params are set once: a resume's new --lr is in metrics
                 self.client.log_batch(ids["mlflow"], params=params[i:i + 100])
         self.run_id = ids["mlflow"]
@@ -113,16 +116,6 @@ class MLflow:
         import mlflow
         mlflow.flush_async_logging()
         self.client.set_terminated(self.run_id)
-
-
-def flat_spec(spec: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in spec.items():
-        if isinstance(value, dict):
-            out.update(flat_spec(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 TRACKERS = {"tensorboard": TensorBoard, "wandb": WandB, "mlflow": MLflow}
