@@ -8,6 +8,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from contrastive_cli.cli import app
+from cli_output import fails_cleanly as clean_failure
 
 runner = CliRunner()
 TINY = ["--backbone", "small_cnn", "--subset", "64", "--batch-size", "32", "--epochs", "1"]
@@ -18,11 +19,7 @@ def invoke(*args):
 
 
 def fails_cleanly(result, *needles, code=2):
-    text = " ".join(result.output.replace("│", " ").split())  # undo the panel's box and line wrapping
-    assert result.exit_code == code, text
-    assert "Traceback" not in text
-    for needle in needles:
-        assert needle in text, text
+    text = clean_failure(result, *needles, code=code)
     assert not Path("runs").exists(), "a failed command left a run directory behind"
     return text
 

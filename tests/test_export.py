@@ -24,6 +24,7 @@ from contrastive_cli.evaluate import extract, features, load_encoder
 from contrastive_cli.models import build_backbone
 from contrastive_cli.spec import PretrainSpec
 from contrastive_cli.train import prepare
+from cli_output import fails_cleanly
 
 runner = CliRunner()
 ATOL = 1e-5
@@ -38,13 +39,6 @@ def exported(*args) -> dict:
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
 
-
-def fails_cleanly(result, *needles):
-    text = " ".join(result.output.replace("│", " ").split())  # undo the panel's box and line wrapping
-    assert result.exit_code == 2 and "Traceback" not in text, text
-    for needle in needles:
-        assert needle in text, text
-    return text
 
 
 def make_checkpoint(folder: Path, method: dict, backbone) -> Path:

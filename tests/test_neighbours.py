@@ -16,6 +16,7 @@ from contrastive_cli.data import open_dataset
 from contrastive_cli.neighbours import CELL, HEADER, PAD, TILE
 from contrastive_cli.spec import PretrainSpec
 from contrastive_cli.train import prepare
+from cli_output import fails_cleanly
 
 runner = CliRunner()
 TAB10 = {(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -31,13 +32,6 @@ def ok(*args) -> dict:
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
 
-
-def fails_cleanly(result, *needles):
-    text = " ".join(result.output.replace("│", " ").split())  # undo the panel's box and line wrapping
-    assert result.exit_code == 2 and "Traceback" not in text, text
-    for needle in needles:
-        assert needle in text, text
-    return text
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from cli_output import panel_text
 from contrastive_cli.cli import app
 
 RUN = ["pretrain", "--method", "simclr", "--backbone", "small_cnn", "--subset", "256", "--batch-size", "64",
@@ -18,10 +19,6 @@ def invoke(*args, code=0):
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == code, result.output
     return result.output
-
-
-def flat(text):
-    return " ".join(text.replace("│", " ").split())
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +52,12 @@ def test_several_runs_are_overlaid_and_a_metrics_file_is_a_run_too(runs, tmp_pat
 
 
 def test_a_folder_that_is_no_run_is_a_clear_error(tmp_path):
-    assert "not a run directory with a metrics.jsonl" in flat(invoke("plot", tmp_path, code=2))
+    assert "not a run directory with a metrics.jsonl" in panel_text(invoke("plot", tmp_path, code=2))
 
 
 def test_without_matplotlib_plot_names_the_extra_and_pretrain_still_finishes(tmp_path, monkeypatch, runs):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    assert "pip install 'contrastive[plot]'" in flat(invoke("plot", runs[0], "--out", tmp_path / "x.png", code=2))
+    text = invoke("plot", runs[0], "--out", tmp_path / "x.png", code=2)
+    assert "pip install 'contrastive[plot]'" in panel_text(text)
     invoke(*RUN, "--out", tmp_path / "run")
     assert (tmp_path / "run" / "checkpoint.safetensors").exists() and not (tmp_path / "run" / "curves.png").exists()

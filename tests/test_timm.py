@@ -24,6 +24,7 @@ from contrastive_cli.evaluate import load_encoder
 from contrastive_cli.models import build_backbone, split_batchnorm
 from contrastive_cli.spec import PretrainSpec, resolve_pretrain
 from contrastive_cli.train import prepare, train
+from cli_output import fails_cleanly
 
 runner = CliRunner()
 ATOL = 1e-5
@@ -36,13 +37,6 @@ VIT = ["--backbone", "timm:vit_tiny_patch16_224", "--depth", "1", "--method", "m
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
-
-def fails_cleanly(result, *needles):
-    text = " ".join(result.output.replace("│", " ").split())  # undo the panel's box and line wrapping
-    assert result.exit_code == 2 and "Traceback" not in text, text
-    for needle in needles:
-        assert needle in text, text
-    return text
 
 
 def spec(tmp_path: Path, backbone: dict, method: str = "simclr") -> PretrainSpec:

@@ -7,6 +7,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from cli_output import panel_text
 from contrastive_cli.cli import app
 
 # 8 steps per epoch; a small online kNN so that epoch records carry kNN top-1 as well as the collapse monitor's rank
@@ -98,7 +99,7 @@ def test_wandb_offline_resume_continues_the_same_run(tmp_path, monkeypatch):
 def test_a_missing_tracker_package_names_the_extra_and_nothing_is_written(tmp_path, monkeypatch, tracker, package):
     monkeypatch.setitem(sys.modules, package, None)  # `import package` raises ImportError
     text = invoke(*RUN, "--epochs", "1", "--out", tmp_path / "run", "--log", tracker, code=2)
-    assert f"pip install 'contrastive[{tracker}]'" in " ".join(text.replace("│", " ").split())
+    assert f"pip install 'contrastive[{tracker}]'" in panel_text(text)
     assert not (tmp_path / "run").exists()
 
 

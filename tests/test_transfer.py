@@ -23,6 +23,7 @@ from contrastive_cli.transfer import draw_shots, transfer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from transfer_budget import pretrain_source, transfer_run  # noqa: E402
+from cli_output import fails_cleanly
 
 runner = CliRunner()
 QUICK = {"optim": {"epochs": 2}, "data": {"test_subset": 100}, "runtime": {"device": "cpu"}}
@@ -31,14 +32,6 @@ QUICK = {"optim": {"epochs": 2}, "data": {"test_subset": 100}, "runtime": {"devi
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
-
-def fails_cleanly(result, *needles):
-    text = " ".join(result.output.replace("│", " ").split())
-    assert result.exit_code == 2, text
-    assert "Traceback" not in text
-    for needle in needles:
-        assert needle in text, text
-    return text
 
 
 def spec(checkpoint, **sections) -> TransferSpec:
