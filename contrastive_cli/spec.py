@@ -658,6 +658,8 @@ def resolve_pretrain(spec: PretrainSpec, image_size: int, n_images: int, channel
     ViT backbones) and check what needs the data: the result is the concrete spec that is printed, saved and
     embedded in checkpoints."""
     recipe = type(spec.method).recipe(small=image_size < SMALL_IMAGE, vit=spec.backbone.is_vit)
+    for section, values in type(spec.method).sized_recipe(image_size).items():
+        recipe.setdefault(section, {}).update(values)
     data = spec.model_dump()
     data["data"]["image_size"] = image_size
     for section in ("method", "optim", "augment", "backbone", "runtime"):

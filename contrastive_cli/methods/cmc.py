@@ -85,13 +85,12 @@ class ViewMemoryBank(MemoryBank):
         return scores / self.z
 
 
-class LabEncoder(nn.Module):
-    """The exported encoder: normalised RGB views in, the L and ab encoders' pooled features out, concatenated."""
+class LabInput(nn.Module):
+    """What an encoder on Lab channels starts with: normalised RGB views (as every evaluation feeds them) to L and
+    ab scaled as train_CMC.py does. CMC's LabEncoder, colorization's and split-brain's encoders build on it."""
 
-    def __init__(self, backbone: str, stem: str, width: float, mean, std):
+    def __init__(self, mean, std):
         super().__init__()
-        self.l_encoder, self.view_dim = view_encoder(backbone, stem, 1, width)
-        self.ab_encoder, _ = view_encoder(backbone, stem, 2, width)
         # not saved: they are in the checkpoint's encoder record, and state dicts stay weights only
         self.register_buffer("rgb_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("rgb_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -113,6 +112,15 @@ class LabEncoder(nn.Module):
     def lab_fp32(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):  # colour maths in fp32, no gradient
             return self.lab(x)
+
+
+class LabEncoder(LabInput):
+    """The exported encoder: normalised RGB views in, the L and ab encoders' pooled features out, concatenated."""
+
+    def __init__(self, backbone: str, stem: str, width: float, mean, std):
+        super().__init__(mean, std)
+        self.l_encoder, self.view_dim = view_encoder(backbone, stem, 1, width)
+        self.ab_encoder, _ = view_encoder(backbone, stem, 2, width)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         l, ab = self.lab_views(x)

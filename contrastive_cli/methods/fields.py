@@ -59,6 +59,9 @@ class MethodSpec(StrictModel):
     needs_colour: ClassVar[bool] = False  # True: grayscale data is refused by check (e.g. CMC's L/ab views)
     vit_backbone: ClassVar[bool] = True  # False: the method builds a conv encoder of its own (CMC, CPC v2)
     multi_crop: ClassVar[bool] = False  # True: forward takes 2 global views + --local-crops local ones (SwAV, DINO)
+    # True: a hand-designed pretext task (relative location, jigsaw, rotation, colorization, inpainting, split-brain),
+    # judged by linear probe rather than kNN and listed apart in the history table
+    pretext: ClassVar[bool] = False
 
     @classmethod
     def method_name(cls) -> str:
@@ -69,6 +72,12 @@ class MethodSpec(StrictModel):
         """Paper defaults for the None fields: {'method': {...}, 'optim': {...}, 'augment': {...}, 'backbone': {...}};
         `small`: the view side is below SMALL_IMAGE px (the CIFAR-style variant); `vit`: the backbone is a Vision
         Transformer (recipes that differ by backbone family, e.g. MoCo v3's optimiser and heads)."""
+        return {}
+
+    @staticmethod
+    def sized_recipe(image_size: int) -> dict:
+        """Recipe values that scale with the view side in pixels (e.g. the patch grid of the context tasks), in
+        recipe()'s format; applied after recipe() to the fields still None."""
         return {}
 
     def check(self, run, data: DataFacts) -> list[str]:
@@ -124,3 +133,31 @@ def queue_problems(queue_size: int, n_images: int, off_allowed: bool = False) ->
     return [f"method.queue_size (--queue-size): the queue ({queue_size} keys) is larger than the dataset "
             f"({n_images} images), so it would hold several keys of the same image; use a queue of at most "
             f"{n_images} (or more data)"]
+
+
+# The 3x3 patch grid of the context pretext tasks (relative location, jigsaw), cut by methods/grid.py; sized in
+# proportion to the view side by their sized_recipe, checked by grid_problems.
+GridPatch = _opt(int, "Side of each patch of the 3x3 grid cut from the view, in pixels [default: the paper's patch "
+                      "in proportion to the view side; at 28 px: relloc 6, jigsaw 7].", ge=1)
+GridGap = _opt(int, "Pixels between neighbouring patches of the 3x3 grid, so that low-level continuity across a "
+                    "border cannot solve the task [default: the paper's gap in proportion to the view side; at 28 "
+                    "px: relloc 3, jigsaw 2].", ge=0)
+GridJitter = _opt(int, "Each patch of the 3x3 grid moves by up to ± this many pixels on each axis, independently "
+                       "[default: the paper's jitter in proportion to the view side; at 28 px: 1].", ge=0)
+
+
+def grid_recipe(sizes: tuple[int, int, int]) -> dict:
+    """sized_recipe's dict of a (patch, gap, jitter) grid."""
+    return {"method": dict(zip(("grid_patch", "grid_gap", "grid_jitter"), sizes))}
+
+
+def grid_problems(spec: MethodSpec, image_size: int, sizes: tuple[int, int, int]) -> list[str]:
+    """The problem, if any, of a grid frame (3 patches, 2 gaps, 2 jitters) wider than the view; `sizes`: the
+    recipe's grid at this view side, suggested in the fix."""
+    frame = 3 * spec.grid_patch + 2 * spec.grid_gap + 2 * spec.grid_jitter
+    if spec.grid_patch >= 1 and frame <= image_size:
+        return []
+    return [f"method.grid_patch (--grid-patch, --grid-gap, --grid-jitter): the 3x3 grid of {spec.grid_patch} px "
+            f"patches, {spec.grid_gap} px gaps and ±{spec.grid_jitter} px jitter spans {frame} px (3 x patch + 2 x "
+            f"gap + 2 x jitter), more than the {image_size} px views; use smaller values (drop the flags for the "
+            f"recipe's {' / '.join(map(str, sizes))} px) or a larger --image-size"]
