@@ -130,19 +130,27 @@ class LabEncoder(LabInput):
         return torch.cat(self.features(x), dim=1)  # the paper evaluates the concatenation
 
 
+def lab_encoder_info(method: str, name: str, spec, data, width: float) -> dict:
+    """The checkpoint record of a LabEncoder (CMC's, split-brain's): Method.encoder_info's format."""
+    kwargs = {"backbone": spec.backbone.name, "stem": spec.backbone.stem, "width": width,
+              "mean": list(data.mean), "std": list(data.std)}
+    return {"method": method, "name": name, "kwargs": kwargs}
+
+
+def build_lab_encoder(**kwargs) -> tuple[nn.Module, int]:
+    """A LabEncoder from its record's kwargs, with the width of its concatenated features."""
+    encoder = LabEncoder(**kwargs)
+    return encoder, 2 * encoder.view_dim
+
+
 class CMC(Method):
     name = "cmc"
 
     @classmethod
     def encoder_info(cls, spec, data):
-        kwargs = {"backbone": spec.backbone.name, "stem": spec.backbone.stem, "width": spec.method.width,
-                  "mean": list(data.mean), "std": list(data.std)}
-        return {"method": cls.name, "name": "cmc_lab", "kwargs": kwargs}
+        return lab_encoder_info(cls.name, "cmc_lab", spec, data, spec.method.width)
 
-    @staticmethod
-    def build_encoder(**kwargs) -> tuple[nn.Module, int]:
-        encoder = LabEncoder(**kwargs)
-        return encoder, 2 * encoder.view_dim
+    build_encoder = staticmethod(build_lab_encoder)
 
     def __init__(self, spec, backbone, feature_dim, data):
         super().__init__(spec, backbone, feature_dim, data)

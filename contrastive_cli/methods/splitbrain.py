@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..augment import ViewAugment
 from . import ab_bins
 from .base import Method
-from .cmc import LabEncoder
+from .cmc import build_lab_encoder, lab_encoder_info
 from .colorization import OUTPUT_STRIDE, lab_units, pixels, soft_cross_entropy
 from .dense import Decoder, feature_map, map_shape
 
@@ -27,14 +26,9 @@ class SplitBrain(Method):
 
     @classmethod
     def encoder_info(cls, spec, data):
-        kwargs = {"backbone": spec.backbone.name, "stem": spec.backbone.stem, "width": HALF,
-                  "mean": list(data.mean), "std": list(data.std)}
-        return {"method": cls.name, "name": "splitbrain_lab", "kwargs": kwargs}
+        return lab_encoder_info(cls.name, "splitbrain_lab", spec, data, HALF)
 
-    @staticmethod
-    def build_encoder(**kwargs) -> tuple[nn.Module, int]:
-        encoder = LabEncoder(**kwargs)
-        return encoder, 2 * encoder.view_dim
+    build_encoder = staticmethod(build_lab_encoder)
 
     def __init__(self, spec, backbone, feature_dim, data):
         super().__init__(spec, backbone, feature_dim, data)
